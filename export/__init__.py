@@ -1,0 +1,1 @@
+"""Export side (torch -> ONNX): bundle writer and parity checks."""

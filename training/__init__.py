@@ -1,0 +1,1 @@
+"""Training side (torch): datasets, models, objectives, trainer."""
