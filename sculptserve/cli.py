@@ -1,0 +1,241 @@
+"""The ``sculpt`` command line.
+
+Heavy modules (torch, LightGBM, the training and export packages) are imported inside the
+commands that need them, so ``sculpt --help`` and the serving commands stay light.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+import numpy as np
+
+from sculptserve import __version__
+from sculptserve.files import load_npy, save_npy
+
+# Errors a user can cause: reported as one line and a non-zero exit, never a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError)
+
+
+class SculptGroup(click.Group):
+    """Click group that turns user errors raised inside any command into one readable line."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def print_json(payload: dict) -> None:
+    click.echo(json.dumps(payload, indent=None, allow_nan=True))
+
+
+def print_table(title: str, columns: tuple[str, ...], rows: list[tuple], footer: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, caption=footer)
+    for name in columns:
+        table.add_column(name, justify="right")
+    for row in rows:
+        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    Console().print(table)
+
+
+npy_path = click.Path(exists=True, dir_okay=False)
+
+
+@click.group(cls=SculptGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sculpt")
+def cli() -> None:
+    """sculptserve: train autoencoders whose latent space is sculpted into a chosen prior,
+    score embeddings for independence, and serve them.
+
+    Run `sculpt COMMAND --help` for each command's options.
+    """
+
+
+@cli.command("lps")
+@click.argument("embeddings", type=npy_path)
+@click.option(
+    "--regressor",
+    type=click.Choice(["linear", "lgbm", "mlp"]),
+    default="linear",
+    show_default=True,
+    help="Model predicting each dimension from the others. linear is exact OLS (instant); "
+    "lgbm (the paper's) and mlp also see non-linear dependence.",
+)
+@click.option("--test-fraction", default=0.2, show_default=True, help="Held-out share.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the split and regressors.")
+@click.option(
+    "--max-samples",
+    type=click.IntRange(min=10),
+    default=10_000,
+    show_default=True,
+    help="Score a seeded subsample of at most this many rows.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def lps_command(
+    embeddings: str,
+    regressor: str,
+    test_fraction: float,
+    seed: int,
+    max_samples: int,
+    as_json: bool,
+) -> None:
+    """Latent Predictability Score of EMBEDDINGS (an .npy of shape n x d).
+
+    Each dimension is predicted from the others on a held-out split; the per-dimension R^2
+    and their mean (LPS) are printed. About 0 means independent dimensions, 1 fully
+    determined. Lower is better.
+    """
+    from sculptserve.lps import latent_predictability
+
+    result = latent_predictability(
+        load_npy(embeddings),
+        regressor,
+        test_fraction=test_fraction,
+        seed=seed,
+        max_samples=max_samples,
+    )
+    if as_json:
+        print_json(result.to_dict())
+        return
+    print_table(
+        f"LPS-{regressor} of {embeddings}",
+        ("dim", "held-out R^2"),
+        list(enumerate(result.per_dim)),
+        f"LPS = {result.lps:.4f}  (train {result.n_train}, test {result.n_test}, seed {seed})",
+    )
+
+
+@cli.command("mmd")
+@click.argument("embeddings", type=npy_path)
+@click.option("--prior", "prior_spec", help="Compare with samples of this prior (SPEC).")
+@click.option("--against", type=npy_path, help="Compare with the rows of another .npy.")
+@click.option("--kernel", type=click.Choice(["rbf", "imq"]), default="rbf", show_default=True)
+@click.option(
+    "--permutations",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Permutations for the p-value, (1 + #null >= observed) / (1 + B).",
+)
+@click.option(
+    "--max-samples",
+    type=click.IntRange(min=2),
+    default=2_000,
+    show_default=True,
+    help="Use a seeded subsample of at most this many rows from each side.",
+)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def mmd_command(
+    embeddings: str,
+    prior_spec: str | None,
+    against: str | None,
+    kernel: str,
+    permutations: int,
+    max_samples: int,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Unbiased MMD^2 between EMBEDDINGS and a prior (--prior) or another sample (--against),
+    with a permutation-test p-value. Small MMD^2 and large p: indistinguishable."""
+    from sculptserve.mmd import permutation_test
+    from sculptserve.validation import as_embeddings
+
+    if (prior_spec is None) == (against is None):
+        raise click.UsageError("give exactly one of --prior SPEC or --against OTHER.npy")
+    rng = np.random.default_rng(seed)
+    x = subsample(as_embeddings(load_npy(embeddings), name=embeddings), max_samples, rng)
+    if prior_spec is not None:
+        from sculptserve.priors import parse_prior
+
+        y = parse_prior(prior_spec, dim=x.shape[1]).sample(len(x), rng)
+    else:
+        y = subsample(as_embeddings(load_npy(against), name=against), max_samples, rng)
+    result = permutation_test(x, y, kernel=kernel, n_permutations=permutations, seed=seed)
+    payload = {
+        "mmd2": result.statistic,
+        "mmd2_pvalue": result.p_value,
+        "kernel": kernel,
+        "n_permutations": result.n_permutations,
+        "n_x": len(x),
+        "n_y": len(y),
+    }
+    if as_json:
+        print_json(payload)
+        return
+    click.echo(
+        f"MMD^2 ({kernel}, unbiased) = {result.statistic:.6g}   p = {result.p_value:.4g}   "
+        f"(n = {len(x)} vs {len(y)}, {result.n_permutations} permutations)"
+    )
+
+
+def subsample(arr: np.ndarray, max_rows: int, rng: np.random.Generator) -> np.ndarray:
+    if len(arr) <= max_rows:
+        return arr
+    return arr[np.sort(rng.choice(len(arr), size=max_rows, replace=False))]
+
+
+@cli.group("prior")
+def prior_group() -> None:
+    """Inspect and sample prior specs.
+
+    \b
+    SPEC is a short form, inline JSON, or a .json/.yaml file:
+      gaussian                     N(0, 1) in every dimension (needs --dim)
+      uniform(-5,5)                Uniform(-5, 5)
+      laplace(0,1)                 Laplace(loc, scale)
+      bimodal(5,1)                 mixture of N(-5, 1) and N(5, 1), per dimension
+      mixture(-5,1,5,1)            mixture of N(m1, s1), N(m2, s2), ... equal weights
+      correlated(0.5)              unit gaussian, equicorrelation 0.5 (needs --dim)
+      empirical(bank.npy)          rows of a sample bank
+      8:gaussian+2:uniform(-1,1)   a different prior per block of dimensions
+    """
+
+
+@prior_group.command("show")
+@click.argument("spec")
+@click.option("--dim", type=click.IntRange(min=1), help="Dimension for specs that leave it open.")
+def prior_show(spec: str, dim: int | None) -> None:
+    """Print SPEC as its full JSON form, with its marginal means and variances."""
+    from sculptserve.priors import parse_prior
+
+    prior = parse_prior(spec, dim=dim)
+    print_json(
+        {
+            "spec": prior.to_dict(),
+            "dim": prior.dim,
+            "mean": prior.mean().tolist(),
+            "var": prior.var().tolist(),
+        }
+    )
+
+
+@prior_group.command("sample")
+@click.argument("spec")
+@click.option("--dim", type=click.IntRange(min=1), help="Dimension for specs that leave it open.")
+@click.option("-n", "--n-samples", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .npy path.")
+def prior_sample(spec: str, dim: int | None, n_samples: int, seed: int, out: str) -> None:
+    """Draw samples of SPEC into an .npy file (n x d, float32)."""
+    from sculptserve.priors import parse_prior
+
+    samples = parse_prior(spec, dim=dim).sample(n_samples, seed).astype(np.float32)
+    save_npy(out, samples)
+    click.echo(f"wrote {samples.shape[0]} x {samples.shape[1]} samples to {out}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="sculpt")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
