@@ -37,12 +37,15 @@ def print_table(title: str, columns: tuple[str, ...], rows: list[tuple], footer:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title, caption=footer)
+    table = Table()
     for name in columns:
         table.add_column(name, justify="right")
     for row in rows:
         table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
-    Console().print(table)
+    console = Console()
+    console.print(title)
+    console.print(table)
+    console.print(footer)
 
 
 npy_path = click.Path(exists=True, dir_okay=False)
