@@ -185,6 +185,89 @@ def subsample(arr: np.ndarray, max_rows: int, rng: np.random.Generator) -> np.nd
     return arr[np.sort(rng.choice(len(arr), size=max_rows, replace=False))]
 
 
+@cli.command("train")
+@click.option(
+    "--data",
+    default="shapes",
+    show_default=True,
+    help="shapes | fashion-mnist | digits, or a path: a folder of images, .npy, .npz, "
+    ".csv or .parquet.",
+)
+@click.option("--data-path", help="Where a named dataset's files are (fashion-mnist).")
+@click.option("--image-size", type=click.IntRange(min=4), help="Resize an image folder to this.")
+@click.option("--channels", type=click.Choice(["1", "3"]), help="Image channels (gray or RGB).")
+@click.option(
+    "--objective",
+    default="mmd",
+    show_default=True,
+    help="mmd (the product: reconstruction + lambda MMD^2 to the prior), ae, vae, beta-vae, "
+    "beta-tcvae.",
+)
+@click.option(
+    "--prior",
+    default="gaussian",
+    show_default=True,
+    help="Target latent distribution (see `sculpt prior --help`).",
+)
+@click.option("--latent-dim", type=int, default=8, show_default=True)
+@click.option("--kernel", type=click.Choice(["rbf", "imq"]), default="rbf", show_default=True)
+@click.option("--lambda", "lambda_", type=float, default=0.3, show_default=True, help="MMD weight.")
+@click.option("--beta", type=float, default=4.0, show_default=True, help="beta-VAE/TCVAE weight.")
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Global batch.")
+@click.option("--lr", type=float, default=5e-4, show_default=True)
+@click.option("--epochs", type=int, help="Passes over the training set.")
+@click.option("--max-steps", type=int, help="Optimizer steps (default 2000 without --epochs).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--width", type=int, default=32, show_default=True, help="Conv channels (first).")
+@click.option(
+    "--val-every", type=int, help="Validate every N steps (default: each epoch, <= 1000)."
+)
+@click.option("--checkpoint-every", type=int, default=500, show_default=True)
+@click.option(
+    "--align",
+    multiple=True,
+    metavar="FACTOR=DIM",
+    help="Tie latent DIM to a known factor or label (repeatable).",
+)
+@click.option(
+    "--label-fraction",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Share of training rows whose factors --align may use.",
+)
+@click.option("--align-weight", type=float, default=1.0, show_default=True)
+@click.option("--report/--no-report", default=True, help="Write report/*.png at the end.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.pass_context
+def train_command(ctx: click.Context, resume: bool, **options: object) -> None:
+    """Train an autoencoder whose latents are sculpted into --prior.
+
+    Writes config.json, metrics.jsonl, checkpoints/, weights.safetensors, summary.json and
+    report/*.png into --out. Ctrl-C saves a checkpoint; --resume continues exactly. Under
+    `torchrun --nproc_per_node N -m sculptserve.cli train ...` it trains with DDP.
+    """
+    from training.config import TrainConfig
+    from training.trainer import train
+
+    options["align"] = list(options["align"])
+    if options["channels"] is not None:
+        options["channels"] = int(options["channels"])
+    explicit = {
+        name
+        for name in options
+        if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+    }
+    config = TrainConfig(**options)
+    summary = train(config, resume=resume, explicit=explicit)
+    if "val" in summary:
+        val = ", ".join(f"{k} {v:.4g}" for k, v in summary["val"].items())
+        click.echo(f"{summary['stopped']} at step {summary['step']}: {val}")
+        click.echo(f"run saved in {config.out}")
+
+
 @cli.group("prior")
 def prior_group() -> None:
     """Inspect and sample prior specs.
