@@ -78,3 +78,27 @@ def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_weights(path: Path, model: torch.nn.Module) -> None:
     with atomic_path(path) as tmp:
         save_file(weights_of(model), str(tmp))
+
+
+def load_trained_model(run_dir: str | Path) -> torch.nn.Module:
+    """Rebuild a finished run's model from config.json + data.json and load its weights."""
+    import json
+
+    from training.config import TrainConfig
+    from training.models import build_autoencoder
+    from training.objectives import OBJECTIVES
+
+    run = Path(run_dir)
+    for name in ("config.json", "data.json", "weights.safetensors"):
+        if not (run / name).exists():
+            raise FileNotFoundError(f"{run} is not a finished run: {name} is missing")
+    config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    shape = tuple(json.loads((run / "data.json").read_text())["input_shape"])
+    model = build_autoencoder(
+        shape,
+        config.latent_dim,
+        stochastic=OBJECTIVES[config.objective].stochastic,
+        width=config.width,
+    )
+    model.load_state_dict(load_file(str(run / "weights.safetensors"), device="cpu"))
+    return model.eval()

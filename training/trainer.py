@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sculptserve.files import atomic_path
+from sculptserve.files import atomic_path, save_npy
 from sculptserve.lps import latent_predictability
 from sculptserve.metrics import nmse_db
 from sculptserve.mmd import mmd2
@@ -411,6 +411,7 @@ def train(
         )
     model.train()
 
+    loop_start = time.perf_counter()
     with stop_on_sigint() as interrupted:
         while step < total_steps:
             if any_rank(interrupted[0], dist, device):
@@ -465,6 +466,7 @@ def train(
                     "mmd_batch": int(gather_global(z, dist).shape[0])
                     if dist.world_size > 1
                     else config.batch_size,
+                    "elapsed_s": time.perf_counter() - loop_start,
                     "samples_per_s": (step - start_step)
                     * config.batch_size
                     / max(train_seconds, 1e-9),
@@ -501,8 +503,13 @@ def train(
             }
         )
         write_json(run_dir / "summary.json", summary)
+        x, means, recons = encode_decode(model, val_data, val_rows, device)
+        # The held-out latents, for `sculpt lps` / `sculpt mmd` and any analysis of one's own.
+        save_npy(run_dir / "val_latents.npy", means.astype(np.float32))
         if config.report and stopped == "completed":
-            write_run_report(run_dir, model, val_data, val_rows, prior, config.seed, device)
+            write_run_report(
+                run_dir, model, (x, means, recons), val_data.modality, prior, config.seed, device
+            )
     if dist.world_size > 1:
         torch.distributed.barrier()
     return summary
@@ -523,8 +530,8 @@ def diverged(step: int, last_saved: int | None, run_dir: Path, what: str) -> Tra
 def write_run_report(
     run_dir: Path,
     model: torch.nn.Module,
-    val: Dataset,
-    rows: np.ndarray,
+    held_out: tuple[np.ndarray, np.ndarray, np.ndarray],
+    modality: str,
     prior: Prior,
     seed: int,
     device: torch.device,
@@ -532,7 +539,7 @@ def write_run_report(
     """PNGs of the latent space and the decoder; a failure here never loses the run."""
     from training.report import write_report
 
-    x, means, recons = encode_decode(model, val, rows, device)
+    x, means, recons = held_out
 
     @torch.no_grad()
     def decode(latents: np.ndarray) -> np.ndarray:
@@ -548,7 +555,7 @@ def write_run_report(
             decode=decode,
             inputs=x[:8],
             reconstructions=recons[:8],
-            modality=val.modality,
+            modality=modality,
             seed=seed,
         )
     except Exception as exc:  # the report is a convenience; the run itself is saved
