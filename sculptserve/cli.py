@@ -14,6 +14,8 @@ import numpy as np
 
 from sculptserve import __version__
 from sculptserve.files import load_npy, save_npy
+from sculptserve.lps import REGRESSORS
+from sculptserve.mmd import KERNELS
 
 # Errors a user can cause: reported as one line and a non-zero exit, never a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError)
@@ -65,7 +67,7 @@ def cli() -> None:
 @click.argument("embeddings", type=npy_path)
 @click.option(
     "--regressor",
-    type=click.Choice(["linear", "lgbm", "mlp"]),
+    type=click.Choice(list(REGRESSORS)),
     default="linear",
     show_default=True,
     help="Model predicting each dimension from the others. linear is exact OLS (instant); "
@@ -119,7 +121,7 @@ def lps_command(
 @click.argument("embeddings", type=npy_path)
 @click.option("--prior", "prior_spec", help="Compare with samples of this prior (SPEC).")
 @click.option("--against", type=npy_path, help="Compare with the rows of another .npy.")
-@click.option("--kernel", type=click.Choice(["rbf", "imq"]), default="rbf", show_default=True)
+@click.option("--kernel", type=click.Choice(sorted(KERNELS)), default="rbf", show_default=True)
 @click.option(
     "--permutations",
     type=click.IntRange(min=1),
@@ -210,7 +212,7 @@ def subsample(arr: np.ndarray, max_rows: int, rng: np.random.Generator) -> np.nd
     help="Target latent distribution (see `sculpt prior --help`).",
 )
 @click.option("--latent-dim", type=int, default=8, show_default=True)
-@click.option("--kernel", type=click.Choice(["rbf", "imq"]), default="rbf", show_default=True)
+@click.option("--kernel", type=click.Choice(sorted(KERNELS)), default="rbf", show_default=True)
 @click.option("--lambda", "lambda_", type=float, default=0.3, show_default=True, help="MMD weight.")
 @click.option("--beta", type=float, default=4.0, show_default=True, help="beta-VAE/TCVAE weight.")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Global batch.")

@@ -22,14 +22,7 @@ ALL_SHAPES = [*IMAGE_SHAPES, (12,)]
 LATENT = 5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These models are tiny: on a small shared machine the intra-op thread pool's hand-offs cost
-    # far more than the arithmetic (about 10x here), so run single-threaded.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def small(shape: tuple[int, ...], stochastic: bool = False, seed: int = 0) -> Autoencoder:

@@ -22,14 +22,7 @@ from training.objectives import (  # noqa: E402
 NAMES = ["mmd", "ae", "vae", "beta-vae", "beta-tcvae"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Small tensors: on a small shared machine the intra-op thread pool's hand-offs cost more
-    # than the arithmetic, so run single-threaded.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def make_input(

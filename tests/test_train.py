@@ -163,6 +163,27 @@ def test_diverging_loss_stops_and_keeps_last_checkpoint(tmp_path, tabular_npy):
         assert torch.isfinite(tensor).all()
 
 
+SCULPT = [sys.executable, "-m", "sculptserve.cli"]
+
+
+def tabular_args(path: Path, steps: int) -> list[str]:
+    """`sculpt train` options for a tiny run on the tabular fixture."""
+    return [
+        "--data",
+        str(path),
+        "--latent-dim",
+        "3",
+        "--batch-size",
+        "50",
+        "--max-steps",
+        str(steps),
+        "--checkpoint-every",
+        str(steps),
+        "--width",
+        "8",
+    ]
+
+
 def run_cli(*args: object):
     result = CliRunner().invoke(cli, [str(a) for a in args])
     assert "Traceback" not in result.output, result.output
@@ -203,26 +224,7 @@ def test_corrupt_image_is_named(tmp_path):
 def test_ctrl_c_saves_a_checkpoint(tmp_path, tabular_npy):
     run = tmp_path / "run"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sculptserve.cli",
-            "train",
-            "--data",
-            str(tabular_npy),
-            "--latent-dim",
-            "3",
-            "--batch-size",
-            "50",
-            "--max-steps",
-            "100000",
-            "--checkpoint-every",
-            "100000",
-            "--width",
-            "8",
-            "--out",
-            str(run),
-        ],
+        [*SCULPT, "train", *tabular_args(tabular_npy, steps=100_000), "--out", str(run)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -241,25 +243,11 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path, tabular_npy):
 
 def test_torchrun_ddp_uses_the_global_batch(tmp_path, tabular_npy):
     """2 gloo ranks x 25 rows train like one process on the 50-row global batch."""
-    args = [
-        "--data",
-        str(tabular_npy),
-        "--latent-dim",
-        "3",
-        "--batch-size",
-        "50",
-        "--max-steps",
-        "6",
-        "--width",
-        "8",
-        "--no-report",
-        "--device",
-        "cpu",
-    ]
+    args = [*tabular_args(tabular_npy, steps=6), "--no-report", "--device", "cpu"]
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
-        [sys.executable, "-m", "sculptserve.cli", "train", *args, "--out", str(single)],
+        [*SCULPT, "train", *args, "--out", str(single)],
         check=True,
         env=env,
         capture_output=True,
@@ -325,3 +313,12 @@ def test_alignment_ties_the_chosen_dimension_to_its_factor(tmp_path):
     assert abs(corr["plain"]) < corr["aligned"] - 0.3
     logged = val_records(tmp_path / "aligned")[-1]["align_corr_posX"]
     assert logged == pytest.approx(corr["aligned"], abs=0.02)
+
+
+def test_seeded_runs_are_reproducible_on_cpu(tmp_path, tabular_npy):
+    common = dict(data=str(tabular_npy), latent_dim=3, batch_size=50, max_steps=8, **TINY)
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        train(TrainConfig(out=str(tmp_path / name), seed=seed, **common), progress=False)
+    assert_same_weights(tmp_path / "a", tmp_path / "b", atol=0)
+    with pytest.raises(AssertionError):
+        assert_same_weights(tmp_path / "a", tmp_path / "c", atol=1e-6)
