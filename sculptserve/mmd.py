@@ -20,7 +20,7 @@ permutation test may permute one precomputed pooled kernel matrix.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -147,6 +147,19 @@ class Kernel:
         """Kernel values from squared distances ``d2`` (any shape) for a given base scale."""
         raise NotImplementedError
 
+    def fixed_to(self, reference: np.ndarray) -> Kernel:
+        """A copy whose base scale is frozen at the one ``reference`` (n, d) gives.
+
+        For monitoring many windows against one reference: the kernel then stays the same
+        from window to window, and calibrated thresholds keep their meaning.
+        """
+        raise NotImplementedError
+
+    @property
+    def fixed_scale(self) -> float | None:
+        """The frozen base-scale parameter, or None when it is data-driven."""
+        raise NotImplementedError
+
 
 def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     scales = tuple(float(s) for s in scales)
@@ -178,6 +191,15 @@ class RBFKernel(Kernel):
             return _scalar(xp, self.bandwidth, d2)
         s = _median_distance(d2, n_self)
         return xp.maximum(s, _scalar(xp, _SCALE_FLOOR, s))
+
+    def fixed_to(self, reference: np.ndarray) -> RBFKernel:
+        ref = np.asarray(reference, dtype=np.float64)
+        base = self.base_scale(ref, _self_sq_dists(ref), n_self=len(ref))
+        return replace(self, bandwidth=float(base))
+
+    @property
+    def fixed_scale(self) -> float | None:
+        return self.bandwidth
 
     def __call__(self, d2: Array, base: Array) -> Array:
         xp = array_namespace(d2)
@@ -214,6 +236,14 @@ class IMQKernel(Kernel):
             return _scalar(xp, 2.0 * dim * self.sigma2, z)
         c = 2.0 * dim * xp.mean(xp.var(z, axis=0))
         return xp.maximum(c, _scalar(xp, _SCALE_FLOOR, c))
+
+    def fixed_to(self, reference: np.ndarray) -> IMQKernel:
+        ref = np.asarray(reference, dtype=np.float64)
+        return replace(self, sigma2=max(float(ref.var(axis=0).mean()), _SCALE_FLOOR))
+
+    @property
+    def fixed_scale(self) -> float | None:
+        return self.sigma2
 
     def __call__(self, d2: Array, base: Array) -> Array:
         out = None
