@@ -1,0 +1,116 @@
+"""The bundle manifest: the contract between `sculpt export` (writes it) and serving /
+`sculpt inspect` (read and verify it). One schema, pydantic models, no torch.
+
+A bundle is a folder:
+
+    manifest.json    this schema
+    encoder.onnx     input (B, *input.shape) float32 -> latent mean (B, latent_dim)
+    decoder.onnx     latent (B, latent_dim) -> output (B, *input.shape) in model space
+    reference.npy    (n, latent_dim) float32 encoder means of held-out data
+    prior_bank.npy   only for an empirical prior: its sample bank
+
+Every file but manifest.json is listed in ``files`` with its sha256.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    """What the encoder takes, and how raw data becomes that (the service applies it)."""
+
+    modality: Literal["image", "tabular"]
+    shape: list[int] = Field(description="one example, no batch axis: [C, H, W] or [F]")
+    dtype: Literal["float32"] = "float32"
+    layout: str = Field(description="NCHW for images, NF for tabular")
+    color: str | None = Field(default=None, description="L (gray) or RGB for images")
+    value_range: list[float] | None = Field(
+        default=None, description="range of model inputs after normalization, e.g. [0, 1]"
+    )
+    normalization: dict[str, Any] = Field(
+        description="raw -> model input: (x - shift) / scale, as the dataset's describe() gives"
+    )
+    columns: list[str] | None = Field(default=None, description="tabular column names, in order")
+
+
+class OnnxGraph(_Strict):
+    file: str
+    input_name: str
+    output_name: str
+    input_shape: list[int | str] = Field(description="with 'batch' for the dynamic axis")
+    output_shape: list[int | str]
+
+
+class OnnxSpec(_Strict):
+    opset: int
+    precision: Literal["fp32", "fp16"] = "fp32"
+    encoder: OnnxGraph
+    decoder: OnnxGraph
+
+
+class ParityReport(_Strict):
+    """ONNX Runtime against torch, measured before the bundle was written."""
+
+    tolerance: float
+    batch_sizes: list[int]
+    encoder_max_abs_error: float
+    decoder_max_abs_error: float
+    n_heldout_inputs: int
+
+
+class DriftCalibration(_Strict):
+    """Null thresholds for the service's window statistics, from held-out resampling.
+
+    Windows of ``window`` held-out embeddings (disjoint from the reference) are drawn
+    ``n_resamples`` times; each threshold is the (1 - false_alarm_rate) quantile of the
+    statistic over those null windows.
+    """
+
+    window: int
+    false_alarm_rate: float
+    n_resamples: int
+    kernel: str
+    bandwidth: float = Field(
+        description="fixed kernel base scale (RBF median distance / IMQ sigma2) of the reference"
+    )
+    reference_rows: int = Field(description="reference rows the window MMD^2 compares against")
+    mmd2_threshold: float
+    lps_linear_threshold: float
+    reference_lps_linear: float
+    null_mmd2_mean: float
+    null_lps_linear_mean: float
+
+
+class ReferenceSpec(_Strict):
+    file: str = "reference.npy"
+    n: int
+    source: str = Field(description="which held-out data the embeddings came from")
+
+
+class Manifest(_Strict):
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    version: str
+    created_at: str = Field(description="ISO 8601, UTC")
+    sculptserve_version: str
+    input: InputSpec
+    latent_dim: int
+    prior: dict[str, Any] = Field(description="prior spec (sculptserve.priors JSON form)")
+    objective: dict[str, Any]
+    training: dict[str, Any] = Field(description="the run's config.json and final step")
+    metrics: dict[str, Any] = Field(description="validation metrics of the run at export")
+    onnx: OnnxSpec
+    parity: ParityReport
+    reference: ReferenceSpec
+    drift: DriftCalibration
+    files: dict[str, str] = Field(description="file name -> sha256 hex, every file but this one")
