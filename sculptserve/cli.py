@@ -270,6 +270,83 @@ def train_command(ctx: click.Context, resume: bool, **options: object) -> None:
         click.echo(f"run saved in {config.out}")
 
 
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="New bundle folder.")
+@click.option("--name", help="Bundle name (default: the run dir's name).")
+@click.option("--opset", type=click.IntRange(min=13), default=18, show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="fp16 graphs are for GPU serving (inputs and outputs stay float32).",
+)
+@click.option("--reference-size", type=click.IntRange(min=16), default=2048, show_default=True)
+@click.option(
+    "--window",
+    type=click.IntRange(min=8),
+    default=256,
+    show_default=True,
+    help="Drift-monitor window the thresholds are calibrated for.",
+)
+@click.option("--false-alarm-rate", type=float, default=0.01, show_default=True)
+@click.option("--bentoml", "to_bentoml", is_flag=True, help="Also import into the model store.")
+def export_command(
+    run_dir: str,
+    out: str,
+    name: str | None,
+    opset: int,
+    precision: str,
+    reference_size: int,
+    window: int,
+    false_alarm_rate: float,
+    to_bentoml: bool,
+) -> None:
+    """Export a finished run to a verified ONNX bundle in --out.
+
+    Writes encoder.onnx, decoder.onnx, reference.npy (held-out embeddings) and manifest.json
+    (input spec, prior, metrics, drift thresholds, sha256 of every file). ONNX Runtime must
+    match torch (1e-4 for fp32) on held-out inputs and batches of 1, 2, 7 and 64, or nothing
+    is written.
+    """
+    from export.onnx_export import ExportError
+    from export.writer import ExportOptions, export_run, import_to_bentoml
+
+    options = ExportOptions(
+        name=name,
+        opset=opset,
+        precision=precision,
+        n_reference=reference_size,
+        window=window,
+        false_alarm_rate=false_alarm_rate,
+    )
+    try:
+        bundle = export_run(run_dir, out, options)
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"bundle written to {bundle}")
+    if to_bentoml:
+        click.echo(f"imported into the BentoML model store as {import_to_bentoml(bundle)}")
+
+
+@cli.command("inspect")
+@click.argument("bundle")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def inspect_command(bundle: str, as_json: bool) -> None:
+    """Verify BUNDLE (a folder or a BentoML tag sculpt-NAME[:VERSION]) and summarize it.
+
+    Checks the schema version, the sha256 of every file and the ONNX graphs' names and shapes.
+    """
+    from sculptserve.bundle import load_bundle, summarize
+
+    summary = summarize(load_bundle(bundle))
+    if as_json:
+        print_json(summary)
+        return
+    click.echo(json.dumps(summary, indent=2))
+
+
 @cli.group("prior")
 def prior_group() -> None:
     """Inspect and sample prior specs.

@@ -1,0 +1,183 @@
+"""`sculpt export` / `sculpt inspect` on real (tiny) trained runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from export import writer
+from export.writer import ExportOptions, export_run
+from sculptserve.bundle import BundleError, load_bundle
+from sculptserve.cli import cli
+from training.config import TrainConfig
+from training.data import load_dataset
+from training.trainer import train
+
+FAST = ExportOptions(n_reference=256, window=64, n_resamples=50)
+
+
+@pytest.fixture(scope="module")
+def shapes_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "shapes-run"
+    config = TrainConfig(
+        out=str(run), latent_dim=4, batch_size=32, max_steps=30, width=8, val_size=256, report=False
+    )
+    train(config, progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def shapes_bundle(shapes_run, tmp_path_factory) -> Path:
+    return export_run(shapes_run, tmp_path_factory.mktemp("bundles") / "b", FAST)
+
+
+def run_cli(*args: object, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sculptserve.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+
+
+def test_bundle_contents_and_manifest(shapes_bundle, shapes_run):
+    names = {p.name for p in shapes_bundle.iterdir()}
+    assert names == {"manifest.json", "encoder.onnx", "decoder.onnx", "reference.npy"}
+    manifest = json.loads((shapes_bundle / "manifest.json").read_text())
+    assert manifest["schema_version"] == 1
+    assert manifest["name"] == "shapes-run"
+    assert manifest["latent_dim"] == 4
+    assert manifest["input"]["shape"] == [1, 64, 64]
+    assert manifest["prior"]["kind"] == "gaussian"
+    assert manifest["objective"]["name"] == "mmd"
+    assert set(manifest["files"]) == names - {"manifest.json"}
+    assert manifest["parity"]["encoder_max_abs_error"] <= 1e-4
+    assert manifest["parity"]["decoder_max_abs_error"] <= 1e-4
+    assert manifest["parity"]["batch_sizes"] == [1, 2, 7, 64]
+    drift = manifest["drift"]
+    assert drift["window"] == 64 and drift["mmd2_threshold"] > drift["null_mmd2_mean"]
+    assert manifest["metrics"] == json.loads((shapes_run / "summary.json").read_text())["val"]
+    bundle = load_bundle(shapes_bundle)
+    assert bundle.reference().shape == (256, 4)
+
+
+def test_onnx_encoder_reproduces_the_runs_latents(shapes_bundle, shapes_run):
+    """Independent of the export's own parity check: ORT on held-out images vs torch."""
+    val = load_dataset("shapes", split="val")
+    x = val.get_batch(np.arange(16))
+    session = ort.InferenceSession(
+        str(shapes_bundle / "encoder.onnx"), providers=["CPUExecutionProvider"]
+    )
+    z = session.run(None, {"x": x})[0]
+    expected = np.load(shapes_run / "val_latents.npy")[:16]
+    np.testing.assert_allclose(z, expected, atol=1e-4)
+
+
+def test_tampered_byte_is_caught_by_name(shapes_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(shapes_bundle, copy)
+    data = bytearray((copy / "encoder.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "encoder.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"encoder\.onnx"):
+        load_bundle(copy)
+    result = run_cli("inspect", copy)
+    assert result.returncode == 1 and "encoder.onnx" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_failed_parity_leaves_nothing_behind(shapes_run, tmp_path, monkeypatch):
+    monkeypatch.setitem(writer.TOLERANCE, "fp32", 0.0)
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match="tolerance"):
+        export_run(shapes_run, out, FAST)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_errors_are_one_readable_line(shapes_run, shapes_bundle, tmp_path):
+    missing = run_cli("export", tmp_path / "no-run", "--out", tmp_path / "b")
+    assert missing.returncode == 1 and "no such run dir" in missing.stderr
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.json").write_text((shapes_run / "config.json").read_text())
+    result = run_cli("export", unfinished, "--out", tmp_path / "b")
+    assert result.returncode == 1 and "is missing" in result.stderr
+    exists = run_cli("export", shapes_run, "--out", shapes_bundle)
+    assert exists.returncode == 1 and "already exists" in exists.stderr
+    for r in (missing, result, exists):
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_bentoml_import_and_inspect_by_tag(shapes_run, tmp_path):
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "1"}
+    done = run_cli(
+        "export",
+        shapes_run,
+        "--out",
+        tmp_path / "b",
+        "--name",
+        "toy",
+        "--reference-size",
+        256,
+        "--window",
+        64,
+        "--bentoml",
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    tag = done.stdout.strip().splitlines()[-1].split()[-1]
+    assert tag.startswith("sculpt-toy:v")
+    got = subprocess.run(
+        [sys.executable, "-m", "bentoml", "models", "get", tag],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert got.returncode == 0, got.stderr
+    inspected = run_cli("inspect", "sculpt-toy", "--json", env=env)
+    assert inspected.returncode == 0, inspected.stderr
+    assert json.loads(inspected.stdout)["name"] == "toy"
+
+
+def test_tabular_run_exports(tmp_path):
+    rng = np.random.default_rng(0)
+    table = tmp_path / "t.npy"
+    np.save(table, (rng.normal(size=(3000, 2)) @ rng.normal(size=(2, 5))).astype(np.float32))
+    run = tmp_path / "run"
+    train(
+        TrainConfig(
+            out=str(run),
+            data=str(table),
+            latent_dim=2,
+            batch_size=100,
+            max_steps=20,
+            width=8,
+            report=False,
+        ),
+        progress=False,
+    )
+    bundle = export_run(
+        run, tmp_path / "bundle", ExportOptions(n_reference=64, window=32, n_resamples=20)
+    )
+    manifest = load_bundle(bundle).manifest
+    assert manifest.input.modality == "tabular" and manifest.input.shape == [5]
+    assert manifest.input.normalization["shift"] is not None
+
+
+def test_inspect_json_summary_of_cli(shapes_bundle):
+    result = CliRunner().invoke(cli, ["inspect", str(shapes_bundle), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["verified"] is True and summary["latent_dim"] == 4
