@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the built-in default data (`shapes`, procedural dSprites-like images):
-# train a small MMD-sculpted autoencoder on the CPU (a few minutes on 2 cores), then score its
-# held-out latents for independence (LPS) and for fit to the prior (MMD permutation test).
-# It grows into train -> export -> serve as those commands land.
+# train a small MMD-sculpted autoencoder on the CPU (a few minutes on 2 cores), score its
+# held-out latents for independence (LPS) and for fit to the prior (MMD permutation test),
+# then export it to a verified ONNX bundle and inspect that. Serving lands next.
 #   STEPS=3000 bash scripts/main.sh     a longer run (better reconstructions)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,4 +19,7 @@ echo "==> LPS-lgbm of the held-out latents (lower is better: 0 = no dimension pr
 sculpt lps "$run/val_latents.npy" --regressor lgbm
 echo "==> MMD^2 of the held-out latents against the prior $prior"
 sculpt mmd "$run/val_latents.npy" --prior "$prior" --max-samples 1000
-echo "==> done: see $run/report/*.png, $run/metrics.jsonl and $run/summary.json"
+echo "==> exporting to the ONNX bundle $run-bundle"
+sculpt export "$run" --out "$run-bundle"
+sculpt inspect "$run-bundle"
+echo "==> done: see $run/report/*.png, $run/metrics.jsonl, $run/summary.json and $run-bundle/"
