@@ -110,7 +110,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, options: ExportOptions)
     wanted = options.n_reference + max(4 * options.window, 1024)
     rows = np.sort(rows[:wanted])
     inputs, means, _ = encode_decode(model, held_out, rows, torch.device("cpu"))
-    n_reference = min(options.n_reference, len(means) // 2)
+    # The reference gets its full size when the held-out data allows; a small held-out set is
+    # split in half between the reference and the calibration pool.
+    n_reference = options.n_reference if len(means) >= wanted else len(means) // 2
     order = np.random.default_rng(options.seed + 1).permutation(len(means))
     reference, pool = means[order[:n_reference]], means[order[n_reference:]]
     if len(pool) < options.window:

@@ -82,6 +82,13 @@ def test_onnx_encoder_reproduces_the_runs_latents(shapes_bundle, shapes_run):
     np.testing.assert_allclose(z, expected, atol=1e-4)
 
 
+def test_reference_gets_its_requested_size(shapes_run, tmp_path):
+    options = ExportOptions(n_reference=1500, window=64, n_resamples=20)
+    bundle = load_bundle(export_run(shapes_run, tmp_path / "b", options))
+    assert bundle.manifest.reference.n == 1500
+    assert bundle.reference().shape == (1500, 4)
+
+
 def test_tampered_byte_is_caught_by_name(shapes_bundle, tmp_path):
     import shutil
 
