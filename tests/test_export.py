@@ -89,6 +89,18 @@ def test_reference_gets_its_requested_size(shapes_run, tmp_path):
     assert bundle.reference().shape == (1500, 4)
 
 
+def test_fp16_bundle(shapes_run, tmp_path):
+    options = ExportOptions(precision="fp16", n_reference=256, window=64, n_resamples=20)
+    bundle = load_bundle(export_run(shapes_run, tmp_path / "b16", options))
+    assert bundle.manifest.onnx.precision == "fp16"
+    assert bundle.manifest.parity.tolerance == writer.TOLERANCE["fp16"]
+    assert 0 < bundle.manifest.parity.encoder_max_abs_error <= writer.TOLERANCE["fp16"]
+    session = ort.InferenceSession(
+        str(bundle.file("encoder.onnx")), providers=["CPUExecutionProvider"]
+    )
+    assert session.get_inputs()[0].type == "tensor(float)"
+
+
 def test_tampered_byte_is_caught_by_name(shapes_bundle, tmp_path):
     import shutil
 
