@@ -1,0 +1,603 @@
+"""Request payloads <-> model arrays, and the wire encodings of embeddings.
+
+Pure functions on numpy arrays: no web framework, no ONNX Runtime, no torch. The REST service
+and the gRPC server both call these, so a client error looks the same on either: a
+:class:`PayloadError` whose message names the item and says what was expected. The service
+maps it to HTTP 400 / gRPC INVALID_ARGUMENT.
+
+Inputs (:func:`decode_inputs`)
+------------------------------
+Each item of a request is one example, in one of three forms:
+
+- a **nested list** of numbers shaped like one example. Accepted layouts: ``input.shape``
+  itself (``[C, H, W]`` or ``[F]``); for images also ``[H, W]`` when C == 1 and channel-last
+  ``[H, W, C]`` (transposed to ``[C, H, W]``; when C == H == W the channel-first reading wins);
+- a **base64 string** of a PNG or JPEG (image models only; a ``data:image/...;base64,`` prefix
+  is allowed). It is converted to ``L`` or ``RGB`` as the model's channels require and must
+  already be W x H: a wrong size is rejected, never resized, because resampling silently
+  changes what the model sees. In-process callers (a multipart upload, gRPC bytes) may pass
+  the file's ``bytes`` instead of a string;
+- a **raw array** ``{"b64": "...", "dtype": "float32", "shape": [...]}`` of little-endian
+  float32 bytes, in any of the layouts above: the compact form for any modality.
+
+Value spaces. Nested lists and raw arrays hold **raw data**, the values the training data held
+before normalization; they get the manifest's ``(x - shift) / scale`` (scalars, or one value
+per column for tabular data / per channel for images). PNG/JPEG pixels ``p`` in 0..255 map to
+``lo + (hi - lo) * p / 255`` with ``[lo, hi] = input.value_range`` (``[0, 1]`` when absent),
+which is exactly what training does with stored 8-bit images (``x / 255``) and with the
+procedural ``shapes`` masks (0/1 stored, 0/255 in a PNG). Pass ``normalize=False`` to treat
+nested lists and raw arrays as model-space inputs instead (e.g. a ``/reconstruct`` output sent
+back in).
+
+Embedding encodings (:data:`ENCODINGS`)
+---------------------------------------
+``float32`` (as is), ``float16`` (cast, saturating at +-65504), and ``uint8`` / ``int8``:
+one byte per dimension, quantized through the prior's per-dimension CDF,
+``code = clip(floor(cdf(z) * 256), 0, 255)`` (``int8`` is the same code minus 128), decoded as
+``ppf((code + 0.5) / 256)``. When the latents follow the prior, ``cdf(z)`` is uniform, so equal
+probability bins are the maximum-entropy code: every one of the 256 codes is used equally often.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sculptserve.bundle_schema import InputSpec
+from sculptserve.priors import Prior
+
+__all__ = [
+    "ENCODINGS",
+    "Encoding",
+    "PayloadError",
+    "accepted_layouts",
+    "check_model_input",
+    "decode_embeddings",
+    "decode_inputs",
+    "encode_embeddings",
+    "get_encoding",
+    "images_to_png_b64",
+    "parse_fixed_dims",
+]
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+class PayloadError(ValueError):
+    """A client sent something unusable; the message says which item and what was wrong."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Model-space arrays
+# ---------------------------------------------------------------------------------------------
+
+
+def _shape_str(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(int(d)) for d in shape) + "]"
+
+
+def _first_bad_item(x: np.ndarray) -> str | None:
+    """'item i: holds NaN at index [..]' for the first non-finite item, plus a count."""
+    flat = x.reshape(len(x), -1)
+    bad_rows = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+    if bad_rows.size == 0:
+        return None
+    i = int(bad_rows[0])
+    pos = int(np.flatnonzero(~np.isfinite(flat[i]))[0])
+    value = flat[i, pos]
+    where = _shape_str(np.unravel_index(pos, x.shape[1:]))
+    kind = "NaN" if np.isnan(value) else ("Inf" if value > 0 else "-Inf")
+    more = f" ({bad_rows.size} items hold NaN/Inf in all)" if bad_rows.size > 1 else ""
+    return f"item {i}: holds {kind} at index {where}; every value must be finite{more}"
+
+
+def check_model_input(x: Any, input_shape: Sequence[int], *, what: str = "input") -> np.ndarray:
+    """``x`` as a C-contiguous float32 ``(B, *input_shape)`` array with B >= 1, all finite.
+
+    Real integer and float dtypes are cast to float32; anything else (bool, complex, strings,
+    objects), a missing batch axis, a wrong shape, an empty batch or NaN/Inf is a
+    :class:`PayloadError`. ``what`` names the array in messages ("input", "latent").
+    """
+    shape = tuple(int(d) for d in input_shape)
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiu":
+        raise PayloadError(f"{what} must hold real numbers, got dtype {arr.dtype}")
+    if arr.ndim == len(shape) and arr.shape == shape:
+        raise PayloadError(
+            f"{what} has shape {_shape_str(arr.shape)}, one example without a batch axis; "
+            f"expected (B, {', '.join(map(str, shape))})"
+        )
+    if arr.ndim != len(shape) + 1 or arr.shape[1:] != shape:
+        raise PayloadError(
+            f"{what} has shape {_shape_str(arr.shape)}, expected "
+            f"(B, {', '.join(map(str, shape))}) with B >= 1"
+        )
+    if arr.shape[0] == 0:
+        raise PayloadError(f"{what} batch is empty: send at least one example")
+    with np.errstate(over="ignore", invalid="ignore"):  # float64 > 3.4e38 -> inf, reported below
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+    problem = _first_bad_item(out)
+    if problem is not None:
+        raise PayloadError(f"{what} {problem}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Request items -> model input
+# ---------------------------------------------------------------------------------------------
+
+_DATA_URL = re.compile(r"^data:[\w.+/-]*;base64,", re.IGNORECASE)
+_PIL_FORMATS = ("PNG", "JPEG")
+_SIXTEEN_BIT = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # Pillow's convert("L") would clip
+_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+_PIL_MODES = {1: "L", 3: "RGB"}  # channels -> the mode a PNG/JPEG is converted to
+_RAW_KEYS = frozenset({"b64", "dtype", "shape"})
+_RAW_DTYPES = {"float32": np.dtype("<f4"), "<f4": np.dtype("<f4"), "f4": np.dtype("<f4")}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything decode_inputs needs from an InputSpec, computed once per request."""
+
+    shape: tuple[int, ...]
+    image: bool
+    layouts: dict[tuple[int, ...], Callable[[np.ndarray], np.ndarray]]
+    shift: np.ndarray  # broadcastable to shape
+    scale: np.ndarray
+    pixel_lo: float
+    pixel_hi: float
+    pil_mode: str | None
+
+
+def accepted_layouts(spec: InputSpec) -> list[list[int]]:
+    """The example shapes a nested list or raw array may have, the model's own first."""
+    return [list(s) for s in _layouts(tuple(spec.shape), spec.modality == "image")]
+
+
+def _layouts(
+    shape: tuple[int, ...], image: bool
+) -> dict[tuple[int, ...], Callable[[np.ndarray], np.ndarray]]:
+    """Accepted example shape -> function to the model layout (dict order = preference)."""
+    out: dict[tuple[int, ...], Callable[[np.ndarray], np.ndarray]] = {shape: lambda a: a}
+    if image and len(shape) == 3:
+        c, h, w = shape
+        if c == 1:
+            out.setdefault((h, w), lambda a: a[None])
+        out.setdefault((h, w, c), lambda a: a.transpose(2, 0, 1))
+    return out
+
+
+def _norm_param(spec: InputSpec, key: str) -> np.ndarray:
+    """shift or scale, shaped to broadcast over one example (per column / per channel)."""
+    shape = tuple(spec.shape)
+    if key not in spec.normalization:
+        raise ValueError(
+            f"the bundle's input.normalization has no {key!r}: it cannot map raw inputs to "
+            "model inputs; re-export the bundle"
+        )
+    try:
+        arr = np.asarray(spec.normalization[key], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"the bundle's input.normalization.{key} is not numeric; re-export the bundle"
+        ) from None
+    if arr.ndim == 1 and arr.size == 1:
+        arr = arr.reshape(())
+    if arr.ndim == 1 and arr.size == shape[0]:  # per column (tabular) or per channel (image)
+        arr = arr.reshape(shape[0], *([1] * (len(shape) - 1)))
+    elif arr.ndim != 0:
+        raise ValueError(
+            f"the bundle's input.normalization.{key} has {arr.size} values but input.shape is "
+            f"{list(shape)}: expected a scalar or {shape[0]} values; re-export the bundle"
+        )
+    if not np.isfinite(arr).all() or (key == "scale" and (arr <= 0).any()):
+        raise ValueError(
+            f"the bundle's input.normalization.{key} must be finite"
+            + (" and > 0" if key == "scale" else "")
+            + "; re-export the bundle"
+        )
+    return arr
+
+
+def _plan(spec: InputSpec) -> _Plan:
+    shape = tuple(int(d) for d in spec.shape)
+    image = spec.modality == "image"
+    lo, hi = (spec.value_range or (0.0, 1.0))[:2]
+    # PNG/JPEG carry 1 (L) or 3 (RGB) channels; the graph's channel count decides
+    mode = _PIL_MODES.get(shape[0]) if image and len(shape) == 3 else None
+    return _Plan(
+        shape=shape,
+        image=image,
+        layouts=_layouts(shape, image),
+        shift=_norm_param(spec, "shift"),
+        scale=_norm_param(spec, "scale"),
+        pixel_lo=float(lo),
+        pixel_hi=float(hi),
+        pil_mode=mode,
+    )
+
+
+def _layout_error(i: int, got: Sequence[int], plan: _Plan, form: str) -> PayloadError:
+    accepted = " or ".join(_shape_str(s) for s in plan.layouts)
+    return PayloadError(
+        f"item {i}: {form} has shape {_shape_str(got)}, expected {accepted}"
+        + (" (channel-first [C, H, W], or channel-last [H, W, C])" if plan.image else "")
+    )
+
+
+def _to_model_layout(i: int, arr: np.ndarray, plan: _Plan, form: str) -> np.ndarray:
+    to_model = plan.layouts.get(arr.shape)
+    if to_model is None:
+        raise _layout_error(i, arr.shape, plan, form)
+    return to_model(arr)
+
+
+def _from_nested(i: int, item: Any, plan: _Plan) -> tuple[np.ndarray, bool]:
+    try:
+        arr = np.asarray(item)
+    except ValueError:  # numpy refuses ragged nesting
+        raise PayloadError(
+            f"item {i}: nested list is ragged (rows of different lengths); expected shape "
+            + " or ".join(_shape_str(s) for s in plan.layouts)
+        ) from None
+    kind = arr.dtype.kind
+    if kind not in "fiu":
+        reason = {
+            "b": "holds booleans",
+            "U": "holds strings",
+            "S": "holds bytes",
+            "O": "is ragged or holds non-numbers (null, objects, huge integers)",
+        }.get(kind, f"has dtype {arr.dtype}")
+        raise PayloadError(f"item {i}: nested list {reason}; expected numbers only")
+    return _to_model_layout(i, arr, plan, "nested list"), True
+
+
+def _b64_bytes(i: int, text: str, what: str) -> bytes:
+    text = _DATA_URL.sub("", text, count=1)
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:  # ValueError: non-ASCII characters
+        raise PayloadError(f"item {i}: {what} is not valid base64 ({exc})") from None
+
+
+def _from_image_b64(i: int, item: str, plan: _Plan) -> tuple[np.ndarray, bool]:
+    _check_image_model(i, plan, "a string item is a base64 PNG/JPEG")
+    return _from_image_bytes(i, _b64_bytes(i, item, "string"), plan)
+
+
+def _check_image_model(i: int, plan: _Plan, what: str) -> None:
+    if not plan.image:
+        raise PayloadError(
+            f"item {i}: {what}, which only image models take; "
+            f"send a list of {plan.shape[0]} numbers or a raw float32 object"
+        )
+    if plan.pil_mode is None:
+        raise PayloadError(
+            f"item {i}: this model takes {plan.shape[0]}-channel inputs, which PNG/JPEG cannot "
+            "carry; send nested lists or a raw float32 object"
+        )
+
+
+def _from_image_bytes(i: int, data: bytes, plan: _Plan) -> tuple[np.ndarray, bool]:
+    """PNG/JPEG file bytes (a decoded base64 string, or a multipart upload)."""
+    _check_image_model(i, plan, "a bytes item is a PNG/JPEG file")
+    from PIL import Image, ImageOps  # lazy: tabular services never need Pillow
+
+    c, h, w = plan.shape
+    try:
+        with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as img:
+            size = img.size  # from the header: nothing decoded yet, so no decompression bomb
+            if img.getexif().get(0x0112) in _TRANSPOSED_ORIENTATIONS:
+                size = size[::-1]
+            if size != (w, h):
+                raise PayloadError(
+                    f"item {i}: image is {size[0]}x{size[1]} (width x height) but the model "
+                    f"takes {w}x{h}; resize it before sending"
+                )
+            img = ImageOps.exif_transpose(img)
+            if img.mode in _SIXTEEN_BIT:
+                wide = np.asarray(img, dtype=np.float64) / 257
+                img = Image.fromarray(np.clip(np.rint(wide), 0, 255).astype(np.uint8))
+            pixels = np.asarray(img.convert(plan.pil_mode), dtype=np.uint8)
+    except PayloadError:
+        raise
+    except Exception as exc:  # Pillow raises many types for bad or truncated data
+        reason = " ".join(str(exc).split())[:200]
+        raise PayloadError(
+            f"item {i}: cannot decode the image ({type(exc).__name__}: {reason}); "
+            "send a PNG or JPEG, base64-encoded"
+        ) from None
+    pixels = pixels[None] if c == 1 else pixels.transpose(2, 0, 1)
+    unit = pixels.astype(np.float32) / np.float32(255.0)
+    return plan.pixel_lo + (plan.pixel_hi - plan.pixel_lo) * unit, False
+
+
+def _from_raw(i: int, item: Mapping[str, Any], plan: _Plan) -> tuple[np.ndarray, bool]:
+    unknown = set(item) - _RAW_KEYS
+    if unknown or "b64" not in item or "shape" not in item:
+        raise PayloadError(
+            f"item {i}: a raw array object needs keys 'b64' and 'shape' (and optionally "
+            f"'dtype': 'float32'); got keys {sorted(map(str, item))}"
+        )
+    dtype_name = item.get("dtype", "float32")
+    dtype = _RAW_DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
+    if dtype is None:
+        raise PayloadError(f"item {i}: raw dtype {dtype_name!r} is not supported; use 'float32'")
+    shape = item["shape"]
+    valid_shape = isinstance(shape, list | tuple) and all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape
+    )
+    if not valid_shape:
+        raise PayloadError(f"item {i}: raw 'shape' must be a list of positive integers")
+    shape = tuple(shape)
+    if shape not in plan.layouts:  # checked first: the byte count can be huge for a bad shape
+        raise _layout_error(i, shape, plan, "raw array")
+    if not isinstance(item["b64"], str):
+        raise PayloadError(f"item {i}: raw 'b64' must be a base64 string")
+    data = _b64_bytes(i, item["b64"], "raw 'b64'")
+    expected = math.prod(shape) * dtype.itemsize
+    if len(data) != expected:
+        raise PayloadError(
+            f"item {i}: raw 'b64' holds {len(data)} bytes but shape {_shape_str(shape)} of "
+            f"{dtype_name} needs {expected}"
+        )
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape)
+    return _to_model_layout(i, arr, plan, "raw array"), True
+
+
+# item type -> decoder returning (example in model layout, whether it holds raw data)
+_ItemDecoder = Callable[[int, Any, _Plan], tuple[np.ndarray, bool]]
+_ITEM_DECODERS: tuple[tuple[type | tuple[type, ...], _ItemDecoder], ...] = (
+    ((list, tuple, np.ndarray), _from_nested),
+    (str, _from_image_b64),
+    ((bytes, bytearray, memoryview), _from_image_bytes),
+    (Mapping, _from_raw),
+)
+
+
+def _decode_item(i: int, item: Any, plan: _Plan) -> tuple[np.ndarray, bool]:
+    for types, decoder in _ITEM_DECODERS:
+        if isinstance(item, types):
+            return decoder(i, item, plan)
+    forms = "a nested list of numbers, " + ("a base64 PNG/JPEG string, " if plan.image else "")
+    raise PayloadError(
+        f"item {i}: got {type(item).__name__}; each item must be {forms}"
+        "or {'b64': ..., 'dtype': 'float32', 'shape': [...]}"
+    )
+
+
+def decode_inputs(
+    items: Any, spec: InputSpec, *, max_items: int, normalize: bool = True
+) -> np.ndarray:
+    """Request items -> float32 model input ``(B, *spec.shape)``, validated.
+
+    See the module docstring for the accepted forms, layouts and value spaces. Items may mix
+    forms. ``normalize=False`` skips the manifest normalization for nested lists and raw arrays
+    (they are then model-space values). Any client problem is a :class:`PayloadError` naming
+    the item index; a malformed ``spec.normalization`` is a plain ``ValueError`` (a bundle
+    problem, not the client's).
+    """
+    if not isinstance(items, list | tuple):
+        raise PayloadError(f"inputs must be a list of items, got {type(items).__name__}")
+    if not items:
+        raise PayloadError("inputs is empty: send at least one item")
+    if len(items) > max_items:
+        raise PayloadError(
+            f"too many items: {len(items)}, at most {max_items} per request; split the batch"
+        )
+    plan = _plan(spec)
+    out = np.empty((len(items), *plan.shape), dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow -> inf, reported below
+        for i, item in enumerate(items):
+            example, raw = _decode_item(i, item, plan)
+            if raw and normalize:
+                example = (example.astype(np.float64) - plan.shift) / plan.scale
+            out[i] = example
+    problem = _first_bad_item(out)
+    if problem is not None:
+        raise PayloadError(problem)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation arguments
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_fixed_dims(fixed: Mapping[Any, Any] | None, latent_dim: int) -> dict[int, float]:
+    """Validate ``{dim index: value}`` overrides for generation.
+
+    Keys are ints in ``[0, latent_dim)``; decimal strings are accepted too, because JSON object
+    keys always arrive as strings. Values must be finite numbers.
+    """
+    if fixed is None:
+        return {}
+    if not isinstance(fixed, Mapping):
+        raise PayloadError(
+            f"fixed must be an object mapping dimension index to value, got {type(fixed).__name__}"
+        )
+    out: dict[int, float] = {}
+    for key, value in fixed.items():
+        is_int = isinstance(key, int | np.integer) and not isinstance(key, bool)
+        is_digits = isinstance(key, str) and re.fullmatch(r"\s*[+-]?\d+\s*", key) is not None
+        index = int(key) if is_int or is_digits else None
+        if index is None or not 0 <= index < latent_dim:
+            raise PayloadError(
+                f"fixed: dimension {key!r} is not an index in 0..{latent_dim - 1} "
+                f"(the model has latent_dim {latent_dim})"
+            )
+        numeric = isinstance(value, int | float | np.integer | np.floating)
+        if isinstance(value, bool) or not numeric or not abs(float(value)) <= _F32_MAX:
+            raise PayloadError(
+                f"fixed: the value of dimension {index} must be a finite number "
+                f"(|value| <= {_F32_MAX:.3g}, float32), got {value!r}"
+            )
+        if index in out:
+            raise PayloadError(f"fixed: dimension {index} is given twice")
+        out[index] = float(value)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedding encodings
+# ---------------------------------------------------------------------------------------------
+
+LEVELS = 256  # one byte per dimension
+_F16_MAX = float(np.finfo(np.float16).max)
+
+
+def _quantize(z: np.ndarray, prior: Prior) -> np.ndarray:
+    """uint8 codes: equal-probability bins of each dimension's prior marginal."""
+    u = prior.cdf(z.astype(np.float64))
+    return np.clip(np.floor(u * LEVELS), 0, LEVELS - 1).astype(np.uint8)
+
+
+def _dequantize(codes: np.ndarray, prior: Prior) -> np.ndarray:
+    """The prior quantile at each bin's probability midpoint."""
+    u = (codes.astype(np.float64) + 0.5) / LEVELS
+    return prior.ppf(u).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """One wire format for embeddings. ``code_range`` is (min, max) for integer codes."""
+
+    name: str
+    dtype: np.dtype
+    description: str
+    encode: Callable[[np.ndarray, Prior], np.ndarray]
+    decode: Callable[[np.ndarray, Prior], np.ndarray]
+    code_range: tuple[int, int] | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return self.code_range is not None
+
+
+ENCODINGS: dict[str, Encoding] = {
+    e.name: e
+    for e in (
+        Encoding(
+            "float32",
+            np.dtype(np.float32),
+            "the encoder output as is",
+            encode=lambda z, prior: z.astype(np.float32),
+            decode=lambda c, prior: c.astype(np.float32),
+        ),
+        Encoding(
+            "float16",
+            np.dtype(np.float16),
+            "half precision, saturating at +-65504",
+            encode=lambda z, prior: np.clip(z, -_F16_MAX, _F16_MAX).astype(np.float16),
+            decode=lambda c, prior: c.astype(np.float32),
+        ),
+        Encoding(
+            "uint8",
+            np.dtype(np.uint8),
+            "code = floor(prior.cdf(z) * 256) in 0..255; decoded as prior.ppf((code + .5) / 256)",
+            encode=_quantize,
+            decode=_dequantize,
+            code_range=(0, 255),
+        ),
+        Encoding(
+            "int8",
+            np.dtype(np.int8),
+            "the uint8 code minus 128, in -128..127",
+            encode=lambda z, prior: (_quantize(z, prior).astype(np.int16) - 128).astype(np.int8),
+            decode=lambda c, prior: _dequantize((c.astype(np.int16) + 128).astype(np.uint8), prior),
+            code_range=(-128, 127),
+        ),
+    )
+}
+
+
+def get_encoding(name: Any) -> Encoding:
+    """The registered encoding ``name``; an unknown one is a PayloadError listing the valid."""
+    enc = ENCODINGS.get(name) if isinstance(name, str) else None
+    if enc is None:
+        raise PayloadError(f"unknown encoding {name!r}; valid encodings: {', '.join(ENCODINGS)}")
+    return enc
+
+
+def _check_batch(arr: np.ndarray, dim: int, what: str, error: type[ValueError]) -> None:
+    if arr.ndim != 2 or arr.shape[1] != dim or arr.shape[0] == 0:
+        raise error(f"{what} has shape {_shape_str(arr.shape)}, expected (n >= 1, {dim})")
+
+
+def encode_embeddings(z: np.ndarray, prior: Prior, encoding: str) -> np.ndarray:
+    """Encoder output ``(n, D)`` -> codes in ``encoding``'s dtype (call ``.tolist()`` for JSON).
+
+    ``z`` comes from the model, so its problems (shape, NaN) are ``ValueError``; only an
+    unknown encoding name is the client's :class:`PayloadError`.
+    """
+    enc = get_encoding(encoding)
+    arr = np.asarray(z)
+    _check_batch(arr, prior.dim, "embeddings", ValueError)
+    if arr.dtype.kind != "f" or not np.isfinite(arr).all():
+        raise ValueError(f"embeddings must be finite floats (dtype {arr.dtype})")
+    return enc.encode(arr, prior)
+
+
+def decode_embeddings(codes: Any, prior: Prior, encoding: str) -> np.ndarray:
+    """Codes of ``encoding`` (array or nested lists) -> float32 latents ``(n, D)``.
+
+    The codes come from a client, so every problem is a :class:`PayloadError`: shape,
+    non-integer or out-of-range codes for the quantized encodings, NaN/Inf for float ones.
+    """
+    enc = get_encoding(encoding)
+    try:
+        arr = np.asarray(codes)
+    except ValueError:
+        raise PayloadError("codes are ragged: every row must have the same length") from None
+    _check_batch(arr, prior.dim, "codes", PayloadError)
+    if arr.dtype.kind not in "fiu":
+        raise PayloadError(f"codes must be numbers, got dtype {arr.dtype}")
+    if enc.code_range is None:
+        if not np.isfinite(arr).all():
+            raise PayloadError(f"{enc.name} codes must be finite")
+        return enc.decode(arr, prior)
+    lo, hi = enc.code_range
+    if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+        raise PayloadError(f"{enc.name} codes must be integers in {lo}..{hi}")
+    if (arr < lo).any() or (arr > hi).any():
+        raise PayloadError(f"{enc.name} codes must lie in {lo}..{hi}")
+    return enc.decode(arr.astype(enc.dtype), prior)
+
+
+# ---------------------------------------------------------------------------------------------
+# Images out
+# ---------------------------------------------------------------------------------------------
+
+
+def images_to_png_b64(x: np.ndarray, value_range: Sequence[float] | None = (0.0, 1.0)) -> list[str]:
+    """``(B, C, H, W)`` model-space images (C = 1 or 3) -> base64 PNG strings.
+
+    Values are mapped from ``value_range`` to 0..255 (the inverse of how :func:`decode_inputs`
+    reads pixels), clipped, and rounded; NaN becomes 0.
+    """
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 4 or arr.shape[1] not in _PIL_MODES:
+        raise ValueError(f"expected (B, C, H, W) with C = 1 or 3, got {list(arr.shape)}")
+    from PIL import Image
+
+    lo, hi = (value_range or (0.0, 1.0))[:2]
+    unit = np.nan_to_num((arr - lo) / (hi - lo), nan=0.0)
+    pixels = np.clip(np.rint(unit * 255.0), 0, 255).astype(np.uint8)
+    mode = _PIL_MODES[arr.shape[1]]
+    out = []
+    for img in pixels:
+        buf = io.BytesIO()
+        plane = img[0] if mode == "L" else img.transpose(1, 2, 0)
+        # uint8 (H, W) -> L, (H, W, 3) -> RGB (Pillow 13 infers the mode; the argument is gone)
+        Image.fromarray(np.ascontiguousarray(plane)).save(buf, format="PNG")
+        out.append(base64.b64encode(buf.getvalue()).decode("ascii"))
+    return out
