@@ -1,0 +1,153 @@
+"""The embedding service's core, shared by the REST (BentoML) and gRPC front ends.
+
+One :class:`EmbeddingApp` holds the verified bundle, the ONNX Runtime sessions, the drift
+monitor and the request limits. Its methods take plain Python request values and return
+plain JSON-able dicts; every client mistake is a :class:`~sculptserve.codec.PayloadError`
+(REST: 400, gRPC: INVALID_ARGUMENT). The front ends only translate. No torch anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sculptserve.bundle import Bundle, load_bundle, summarize
+from sculptserve.codec import (
+    ENCODINGS,
+    PayloadError,
+    decode_inputs,
+    encode_embeddings,
+    get_encoding,
+    images_to_png_b64,
+)
+from sculptserve.drift import DriftConfig, DriftMonitor
+from sculptserve.runtime import EmbeddingRuntime, RuntimeConfig
+
+ENV_BUNDLE = "SCULPT_BUNDLE"
+OUTPUT_FORMATS = ("array", "png")
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """Per-request limits (environment: SCULPT_MAX_ITEMS, SCULPT_MAX_GENERATE,
+    SCULPT_MAX_BODY_BYTES)."""
+
+    max_items: int = 256
+    max_generate: int = 256
+    max_body_bytes: int = 8 * 2**20
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceLimits:
+        env = os.environ if env is None else env
+        names = {
+            "max_items": "SCULPT_MAX_ITEMS",
+            "max_generate": "SCULPT_MAX_GENERATE",
+            "max_body_bytes": "SCULPT_MAX_BODY_BYTES",
+        }
+        values: dict[str, int] = {}
+        for field, var in names.items():
+            if var in env:
+                try:
+                    values[field] = int(env[var])
+                except ValueError:
+                    raise ValueError(f"{var}={env[var]!r} is not an integer") from None
+                if values[field] < 1:
+                    raise ValueError(f"{var} must be >= 1, got {values[field]}")
+        return cls(**values)
+
+
+class EmbeddingApp:
+    """Embed, reconstruct, generate, and watch the served embeddings for drift."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        runtime_config: RuntimeConfig | None = None,
+        limits: ServiceLimits | None = None,
+        drift_config: DriftConfig | None = None,
+        metrics_registry: Any = None,
+        metric_labels: dict[str, str] | None = None,
+        background_drift: bool = True,
+    ) -> None:
+        self.bundle = bundle
+        self.limits = limits or ServiceLimits()
+        self.runtime = EmbeddingRuntime(bundle, runtime_config)
+        self.prior = self.runtime.prior
+        self.spec = bundle.manifest.input
+        self.monitor = DriftMonitor(
+            bundle.reference(),
+            bundle.manifest.drift,
+            drift_config,
+            registry=metrics_registry,
+            labels=metric_labels,
+            background=background_drift,
+        )
+
+    @classmethod
+    def from_source(cls, source: str | None = None, **kwargs: Any) -> EmbeddingApp:
+        """Load and verify a bundle (folder or BentoML tag; default: $SCULPT_BUNDLE)."""
+        source = source or os.environ.get(ENV_BUNDLE)
+        if not source:
+            raise ValueError(
+                f"no bundle given: set {ENV_BUNDLE} to a bundle folder or a BentoML tag "
+                "(sculpt-NAME[:VERSION])"
+            )
+        kwargs.setdefault("runtime_config", RuntimeConfig.from_env())
+        kwargs.setdefault("limits", ServiceLimits.from_env())
+        return cls(load_bundle(source), **kwargs)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def embed(self, inputs: Any, encoding: str = "float32") -> dict[str, Any]:
+        """Inputs -> embeddings (encoder means), optionally quantized through the prior CDF."""
+        get_encoding(encoding)  # an unknown encoding fails before any work
+        x = decode_inputs(inputs, self.spec, max_items=self.limits.max_items)
+        z = self.runtime.encode(x)
+        self.monitor.observe(z)
+        codes = encode_embeddings(z, self.prior, encoding)
+        return {"embeddings": codes.tolist(), "encoding": encoding}
+
+    def reconstruct(self, inputs: Any) -> dict[str, Any]:
+        x = decode_inputs(inputs, self.spec, max_items=self.limits.max_items)
+        return {"outputs": self.runtime.reconstruct(x).tolist()}
+
+    def generate(
+        self,
+        n: int,
+        seed: int = 0,
+        fixed: Mapping[Any, Any] | None = None,
+        output: str = "array",
+    ) -> dict[str, Any]:
+        """n decoded prior samples, deterministic for a seed; PNGs for image models."""
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.limits.max_generate:
+            raise PayloadError(
+                f"n must be an integer in [1, {self.limits.max_generate}], got {n!r}"
+            )
+        if output not in OUTPUT_FORMATS:
+            raise PayloadError(f"unknown output '{output}'; valid: {', '.join(OUTPUT_FORMATS)}")
+        if output == "png" and self.spec.modality != "image":
+            raise PayloadError("output 'png' needs an image model; this bundle is tabular")
+        latents, samples = self.runtime.generate(n, seed, fixed)
+        body: dict[str, Any] = {"latents": latents.tolist(), "seed": seed}
+        if output == "png":
+            body["samples"] = images_to_png_b64(samples, self.spec.value_range or (0.0, 1.0))
+        else:
+            body["samples"] = samples.tolist()
+        return body
+
+    def info(self) -> dict[str, Any]:
+        return {
+            **summarize(self.bundle),
+            "providers": list(self.runtime.providers),
+            "limits": asdict(self.limits),
+            "encodings": list(ENCODINGS),
+        }
+
+    def drift(self) -> dict[str, Any]:
+        return self.monitor.report().to_dict()
+
+    def close(self) -> None:
+        self.monitor.close()
