@@ -1,0 +1,382 @@
+"""The `sculpt.v1.Sculpt` gRPC server: a thin translation layer over :class:`EmbeddingApp`.
+
+BentoML's new service API has no gRPC, so this is a plain ``grpc.aio`` server run from the
+same :class:`~sculptserve.app.EmbeddingApp` as REST: same runtime, validation, limits, drift
+monitor and metrics. Besides `sculpt.v1.Sculpt` it serves ``grpc.health.v1.Health`` and server
+reflection, both open without the API key (probes and grpcurl need no secret).
+
+Errors: a :class:`~sculptserve.codec.PayloadError` is ``INVALID_ARGUMENT`` with its message;
+a message over ``ServiceLimits.max_body_bytes`` is ``RESOURCE_EXHAUSTED`` (gRPC's own receive
+limit); a missing or wrong key is ``UNAUTHENTICATED``; anything else is logged and answered
+with a generic ``INTERNAL``, and the server keeps serving.
+
+Run: ``python -m sculptserve.grpc.server --bundle PATH [--host H] [--port N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import functools
+import hmac
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from sculptserve.app import EmbeddingApp
+from sculptserve.codec import ENCODINGS, PayloadError
+from sculptserve.grpc import sculpt_pb2 as pb
+from sculptserve.grpc import sculpt_pb2_grpc as pb_grpc
+
+__all__ = ["DEFAULT_PORT", "ENV_API_KEY", "SERVICE_NAME", "bound_port", "build_server", "serve"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 50051
+ENV_API_KEY = "SCULPT_API_KEY"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Sculpt"].full_name  # "sculpt.v1.Sculpt"
+_PROTECTED_PREFIX = f"/{SERVICE_NAME}/"
+_INTERNAL_MESSAGE = "internal server error; the server log has the details"
+_INPUT_DTYPES = ("", "float32")  # Tensor.dtype values accepted for inputs ("" = default)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+# --- proto <-> numpy ---------------------------------------------------------------------------
+
+
+def to_tensor(arr: np.ndarray, dtype: str | None = None) -> pb.Tensor:
+    """A numpy array as a little-endian row-major Tensor (dtype name defaults to the array's)."""
+    arr = np.ascontiguousarray(arr)
+    little = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+    return pb.Tensor(shape=arr.shape, data=little.tobytes(), dtype=dtype or arr.dtype.name)
+
+
+def _tensor_items(t: pb.Tensor) -> list[np.ndarray]:
+    """An input batch Tensor [B, *example] -> B example arrays (views, no copy)."""
+    if t.dtype not in _INPUT_DTYPES:
+        raise PayloadError(f"inputs.tensor.dtype {t.dtype!r} is not supported; use 'float32'")
+    shape = [int(d) for d in t.shape]
+    if len(shape) < 2:
+        raise PayloadError(
+            f"inputs.tensor.shape is {shape}; expected [B, *example shape] with a batch axis"
+        )
+    if shape[0] < 0 or any(d < 1 for d in shape[1:]):
+        # a zero-size example would let a tiny message claim a huge batch: [10**12, 0]
+        raise PayloadError(
+            f"inputs.tensor.shape {shape}: the batch size must be >= 0 and every example "
+            "dimension >= 1"
+        )
+    needed = math.prod(shape) * 4  # Python ints: no overflow for absurd shapes
+    if len(t.data) != needed:
+        raise PayloadError(
+            f"inputs.tensor.data holds {len(t.data)} bytes but shape {shape} of float32 "
+            f"needs {needed}"
+        )
+    arr = np.frombuffer(t.data, dtype="<f4").reshape(shape)
+    return list(arr)  # B = 0 gives [], which decode_inputs reports as an empty batch
+
+
+def _inputs(msg: pb.Inputs) -> list[Any]:
+    """The request's inputs as items for :func:`sculptserve.codec.decode_inputs`."""
+    has_tensor = msg.HasField("tensor")
+    if has_tensor and msg.images:
+        raise PayloadError("inputs: set either inputs.tensor or inputs.images, not both")
+    if has_tensor:
+        return _tensor_items(msg.tensor)
+    if not msg.images:
+        raise PayloadError("inputs is empty: set inputs.tensor or inputs.images")
+    return list(msg.images)  # bytes items are PNG/JPEG files to the codec
+
+
+# --- the service -------------------------------------------------------------------------------
+
+
+def _guarded(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Map PayloadError to INVALID_ARGUMENT and any other failure to a logged INTERNAL."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await method(self, request, context)
+        except PayloadError as exc:
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        except Exception:
+            log.exception("gRPC %s failed", method.__name__)
+            code, message = grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE
+        # abort raises; called outside the except blocks so its exception is not caught above
+        await context.abort(code, message)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return wrapper
+
+
+class SculptServicer(pb_grpc.SculptServicer):
+    """Translates `sculpt.v1` messages to :class:`EmbeddingApp` calls and back.
+
+    The app's calls block (ONNX Runtime, PNG coding), so they run in worker threads and the
+    event loop stays free for other requests, health checks and cancellations.
+    """
+
+    def __init__(self, app: EmbeddingApp) -> None:
+        self.app = app
+
+    @_guarded
+    async def Embed(self, request: pb.EmbedRequest, context: Any) -> pb.EmbedResponse:
+        encoding = request.encoding or "float32"
+        items = _inputs(request.inputs)
+        body = await asyncio.to_thread(self.app.embed, items, encoding)
+        codes = np.asarray(body["embeddings"], dtype=ENCODINGS[encoding].dtype)
+        return pb.EmbedResponse(embeddings=to_tensor(codes, encoding), encoding=encoding)
+
+    @_guarded
+    async def Reconstruct(
+        self, request: pb.ReconstructRequest, context: Any
+    ) -> pb.ReconstructResponse:
+        items = _inputs(request.inputs)
+        body = await asyncio.to_thread(self.app.reconstruct, items)
+        outputs = np.asarray(body["outputs"], dtype=np.float32)
+        return pb.ReconstructResponse(outputs=to_tensor(outputs, "float32"))
+
+    @_guarded
+    async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
+        output = request.output or "array"
+        fixed = dict(request.fixed) or None
+        body = await asyncio.to_thread(
+            self.app.generate, int(request.n), int(request.seed), fixed, output
+        )
+        latents = np.asarray(body["latents"], dtype=np.float32)
+        response = pb.GenerateResponse(latents=to_tensor(latents, "float32"), seed=body["seed"])
+        if output == "png":
+            response.png.extend(base64.b64decode(s) for s in body["samples"])
+        else:
+            response.samples.CopyFrom(to_tensor(np.asarray(body["samples"], np.float32)))
+        return response
+
+    @_guarded
+    async def GetInfo(self, request: pb.GetInfoRequest, context: Any) -> pb.GetInfoResponse:
+        info = await asyncio.to_thread(self.app.info)
+        return pb.GetInfoResponse(
+            json=json.dumps(info, sort_keys=True),
+            name=str(info["name"]),
+            version=str(info["version"]),
+            latent_dim=int(info["latent_dim"]),
+            input_shape=[int(d) for d in info["input"]["shape"]],
+            modality=str(info["input"]["modality"]),
+        )
+
+    @_guarded
+    async def GetDrift(self, request: pb.GetDriftRequest, context: Any) -> pb.GetDriftResponse:
+        report = await asyncio.to_thread(self.app.drift)
+        state = str(report["state"])
+        return pb.GetDriftResponse(
+            json=json.dumps(report, sort_keys=True), state=state, alert=state == "drift"
+        )
+
+
+# --- API key -----------------------------------------------------------------------------------
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """Require ``authorization: Bearer <key>`` on `sculpt.v1.Sculpt`; other services pass.
+
+    Health and reflection stay open on purpose: load balancers and grpcurl probe them
+    without secrets, and they reveal nothing a client could not read from the proto.
+    """
+
+    def __init__(self, api_key: str) -> None:
+        self._key = api_key.encode("utf-8")
+        self._deny = grpc.unary_unary_rpc_method_handler(self._reject)
+
+    def authorized(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> bool:
+        for key, value in metadata or ():
+            if key != "authorization":
+                continue
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+            scheme, _, token = text.strip().partition(" ")
+            # constant-time: the time taken must not reveal how much of the key matched
+            ok = hmac.compare_digest(token.strip().encode("utf-8"), self._key)
+            return scheme.lower() == "bearer" and ok
+        return False
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method or ""
+        if not method.startswith(_PROTECTED_PREFIX):
+            return await continuation(handler_call_details)
+        if self.authorized(handler_call_details.invocation_metadata):
+            return await continuation(handler_call_details)
+        return self._deny  # every Sculpt RPC is unary-unary, so one deny handler fits all
+
+    @staticmethod
+    async def _reject(request: bytes, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "missing or wrong API key: send metadata 'authorization: Bearer <key>'",
+        )
+
+
+# --- server ------------------------------------------------------------------------------------
+
+
+class _HealthServicer(health.aio.HealthServicer):
+    """The stock async health servicer, with statuses settable before the loop runs."""
+
+    def __init__(self, serving: Sequence[str]) -> None:
+        super().__init__()
+        for service in serving:
+            # no watcher can exist yet, so a plain write is what the async set() would do
+            self._server_status[service] = health_pb2.HealthCheckResponse.SERVING
+
+
+@dataclass(frozen=True)
+class _Bound:
+    port: int
+    address: str
+    health: _HealthServicer
+
+
+_BOUND: weakref.WeakKeyDictionary[grpc.aio.Server, _Bound] = weakref.WeakKeyDictionary()
+
+
+def _resolve_key(api_key: str | None) -> str | None:
+    """The explicit key, else $SCULPT_API_KEY; an empty string means no key."""
+    key = os.environ.get(ENV_API_KEY) if api_key is None else api_key
+    return key or None
+
+
+def build_server(
+    app: EmbeddingApp,
+    port: int = DEFAULT_PORT,
+    host: str = "127.0.0.1",
+    api_key: str | None = None,
+) -> grpc.aio.Server:
+    """A ready-to-start server for ``app`` on ``host:port`` (port 0: any free port).
+
+    ``api_key`` None reads $SCULPT_API_KEY; no key (or an empty one) leaves the API open.
+    The app is loaded and verified already, so health says SERVING from the start. The
+    bound port is :func:`bound_port` (``server.add_insecure_port`` already ran).
+    """
+    key = _resolve_key(api_key)
+    interceptors = [ApiKeyInterceptor(key)] if key else []
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            # gRPC answers RESOURCE_EXHAUSTED itself for a larger request, before decoding it
+            ("grpc.max_receive_message_length", int(app.limits.max_body_bytes)),
+        ],
+    )
+    pb_grpc.add_SculptServicer_to_server(SculptServicer(app), server)
+    health_servicer = _HealthServicer(serving=("", SERVICE_NAME))
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+    bound = server.add_insecure_port(address)
+    if bound == 0:  # grpc returns 0 instead of raising when it cannot bind
+        raise OSError(f"cannot bind the gRPC server to {address}")
+    _BOUND[server] = _Bound(port=bound, address=address.rsplit(":", 1)[0], health=health_servicer)
+    return server
+
+
+def bound_port(server: grpc.aio.Server) -> int:
+    """The port a :func:`build_server` server listens on (useful with port 0)."""
+    return _BOUND[server].port
+
+
+async def serve(
+    app: EmbeddingApp,
+    port: int = DEFAULT_PORT,
+    host: str = "127.0.0.1",
+    api_key: str | None = None,
+    *,
+    stop: asyncio.Event | None = None,
+    grace_s: float = 5.0,
+    on_ready: Callable[[int], None] | None = None,
+) -> None:
+    """Serve until ``stop`` is set (or the server terminates); the app stays open.
+
+    ``on_ready(port)`` runs once the server listens. On stop, health turns NOT_SERVING first
+    so balancers drain, then in-flight calls get ``grace_s`` seconds to finish.
+    """
+    server = build_server(app, port=port, host=host, api_key=api_key)
+    bound = _BOUND[server]
+    await server.start()
+    log.info("gRPC %s listening on %s:%d", SERVICE_NAME, bound.address, bound.port)
+    if on_ready is not None:
+        on_ready(bound.port)
+    try:
+        if stop is None:
+            await server.wait_for_termination()
+        else:
+            await stop.wait()
+    finally:
+        await bound.health.enter_graceful_shutdown()
+        await server.stop(grace_s)
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m sculptserve.grpc.server",
+        description=f"Serve a bundle over gRPC ({SERVICE_NAME}, health, reflection).",
+    )
+    parser.add_argument("--bundle", help="bundle folder or BentoML tag (default: $SCULPT_BUNDLE)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="port; 0 picks a free one (%(default)s)"
+    )
+    return parser.parse_args(argv)
+
+
+async def _run(app: EmbeddingApp, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def ready(bound: int) -> None:
+        # one parseable line: scripts and tests wait for it (and read the port when --port 0)
+        print(f"sculpt gRPC listening on {host}:{bound}", flush=True)
+
+    await serve(app, port=port, host=host, stop=stop, on_ready=ready)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry: load the bundle, serve until SIGINT/SIGTERM."""
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        app = EmbeddingApp.from_source(args.bundle)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_run(app, args.host, args.port))
+    finally:
+        app.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
