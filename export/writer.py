@@ -68,7 +68,7 @@ class ExportOptions:
     n_reference: int = 2048
     window: int = 256
     false_alarm_rate: float = 0.01
-    n_resamples: int = 200
+    n_resamples: int = 500
     seed: int = 0
 
 
@@ -107,7 +107,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path, options: ExportOptions)
 
     held_out = dataset_from_description(data_description, split="val")
     rows = np.random.default_rng(options.seed).permutation(len(held_out))
-    wanted = options.n_reference + max(4 * options.window, 1024)
+    # A large calibration pool: null windows drawn from a small pool overlap and vary less
+    # than fresh traffic does, which set thresholds too low (seen: 4.4% of windows fired on a
+    # trained model at a nominal ~2% with a 1,024-row pool).
+    wanted = options.n_reference + max(16 * options.window, 4096)
     rows = np.sort(rows[:wanted])
     inputs, means, _ = encode_decode(model, held_out, rows, torch.device("cpu"))
     # The reference gets its full size when the held-out data allows; a small held-out set is

@@ -26,6 +26,7 @@ from sculptserve.drift import DriftConfig, DriftMonitor
 from sculptserve.runtime import EmbeddingRuntime, RuntimeConfig
 
 ENV_BUNDLE = "SCULPT_BUNDLE"
+ENV_DRIFT = "SCULPT_DRIFT"  # "off" disables the drift monitor (benchmarks measure its cost)
 OUTPUT_FORMATS = ("array", "png")
 
 
@@ -71,19 +72,24 @@ class EmbeddingApp:
         metrics_registry: Any = None,
         metric_labels: dict[str, str] | None = None,
         background_drift: bool = True,
+        drift_enabled: bool = True,
     ) -> None:
         self.bundle = bundle
         self.limits = limits or ServiceLimits()
         self.runtime = EmbeddingRuntime(bundle, runtime_config)
         self.prior = self.runtime.prior
         self.spec = bundle.manifest.input
-        self.monitor = DriftMonitor(
-            bundle.reference(),
-            bundle.manifest.drift,
-            drift_config,
-            registry=metrics_registry,
-            labels=metric_labels,
-            background=background_drift,
+        self.monitor = (
+            DriftMonitor(
+                bundle.reference(),
+                bundle.manifest.drift,
+                drift_config,
+                registry=metrics_registry,
+                labels=metric_labels,
+                background=background_drift,
+            )
+            if drift_enabled
+            else None
         )
 
     @classmethod
@@ -97,6 +103,7 @@ class EmbeddingApp:
             )
         kwargs.setdefault("runtime_config", RuntimeConfig.from_env())
         kwargs.setdefault("limits", ServiceLimits.from_env())
+        kwargs.setdefault("drift_enabled", os.environ.get(ENV_DRIFT, "on").lower() != "off")
         return cls(load_bundle(source), **kwargs)
 
     # -- requests ---------------------------------------------------------------------------
@@ -106,7 +113,8 @@ class EmbeddingApp:
         get_encoding(encoding)  # an unknown encoding fails before any work
         x = decode_inputs(inputs, self.spec, max_items=self.limits.max_items)
         z = self.runtime.encode(x)
-        self.monitor.observe(z)
+        if self.monitor is not None:
+            self.monitor.observe(z)
         codes = encode_embeddings(z, self.prior, encoding)
         return {"embeddings": codes.tolist(), "encoding": encoding}
 
@@ -147,7 +155,10 @@ class EmbeddingApp:
         }
 
     def drift(self) -> dict[str, Any]:
+        if self.monitor is None:
+            return {"state": "disabled", "reason": f"{ENV_DRIFT}=off"}
         return self.monitor.report().to_dict()
 
     def close(self) -> None:
-        self.monitor.close()
+        if self.monitor is not None:
+            self.monitor.close()

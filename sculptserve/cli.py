@@ -347,6 +347,24 @@ def inspect_command(bundle: str, as_json: bool) -> None:
     click.echo(json.dumps(summary, indent=2))
 
 
+@cli.command("serve")
+@click.argument("bundle")
+@click.option("--port", type=click.IntRange(1, 65535), default=3000, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=50051, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
+def serve_command(bundle: str, port: int, grpc_port: int, host: str) -> None:
+    """Serve BUNDLE (a folder or sculpt-NAME[:VERSION]) over REST and gRPC.
+
+    REST on --port (/embed, /generate, /reconstruct, /info, /drift, /livez, /readyz, /metrics,
+    /docs.json), gRPC sculpt.v1 on --grpc-port, one runtime and drift monitor for both.
+    Environment: SCULPT_API_KEY (Bearer key), SCULPT_ORT_THREADS, SCULPT_MAX_ITEMS,
+    SCULPT_MAX_GENERATE, SCULPT_MAX_BODY_BYTES.
+    """
+    from sculptserve.serve import run_serve
+
+    sys.exit(run_serve(bundle, port=port, grpc_port=grpc_port, host=host))
+
+
 @cli.group("prior")
 def prior_group() -> None:
     """Inspect and sample prior specs.

@@ -1,0 +1,129 @@
+"""`sculpt serve`: HTTP (BentoML) and gRPC from one process, one runtime, one drift monitor.
+
+`sculpt serve BUNDLE` verifies the bundle, then runs `bentoml serve
+sculptserve.service:SculptService` with SCULPT_BUNDLE and SCULPT_GRPC_PORT set. The service's
+worker starts the grpc.aio server on a background thread (:class:`GrpcThread`) beside the HTTP
+app, sharing its :class:`~sculptserve.app.EmbeddingApp` — so REST and gRPC traffic go through
+the same ONNX sessions, validation and drift window, and show in the same /metrics.
+`bentoml serve sculptserve.service:SculptService` without SCULPT_GRPC_PORT serves HTTP alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import Any
+
+ENV_GRPC_PORT = "SCULPT_GRPC_PORT"
+ENV_GRPC_HOST = "SCULPT_GRPC_HOST"
+
+
+class GrpcThread:
+    """A grpc.aio server on its own event loop in a daemon thread."""
+
+    def __init__(self, app: Any, port: int, host: str = "127.0.0.1") -> None:
+        from sculptserve.grpc.server import build_server
+
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.port = port
+
+        async def start() -> Any:
+            server = build_server(app, port=port, host=host)
+            await server.start()
+            return server
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            try:
+                self._server = self._loop.run_until_complete(start())
+            except BaseException as exc:  # reported to the starting thread below
+                self._error = exc
+                self._ready.set()
+                return
+            self._ready.set()
+            self._loop.run_until_complete(self._server.wait_for_termination())
+
+        self._thread = threading.Thread(target=run, name="sculpt-grpc", daemon=True)
+        self._thread.start()
+        self._ready.wait(timeout=30)
+        if self._error is not None:
+            raise RuntimeError(f"gRPC server could not start on port {port}: {self._error}")
+
+    def stop(self, grace: float = 2.0) -> None:
+        if self._thread.is_alive():
+            future = asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop)
+            future.result(timeout=grace + 5)
+            self._thread.join(timeout=grace + 5)
+
+
+def example_calls(port: int, grpc_port: int, modality: str, shape: list[int]) -> str:
+    """Copy-pasteable calls for a newcomer."""
+    zeros = "0.0"
+    for size in reversed(shape):  # a Python expression for one all-zero example
+        zeros = f"[{zeros}]*{size}"
+    body = f"""$(python -c 'import json; print(json.dumps({{"inputs": [{zeros}]}}))')"""
+    png = ", or base64 PNG strings" if modality == "image" else ""
+    return f"""
+Try it (another terminal):
+  curl -s localhost:{port}/readyz
+  curl -s -X POST localhost:{port}/info -H 'content-type: application/json' -d '{{}}'
+  curl -s -X POST localhost:{port}/generate -H 'content-type: application/json' \\
+       -d '{{"n": 2, "seed": 0}}' | head -c 300; echo
+  curl -s -X POST localhost:{port}/embed -H 'content-type: application/json' \\
+       -d "{body}"
+  curl -s -X POST localhost:{port}/drift -H 'content-type: application/json' -d '{{}}'
+  curl -s localhost:{port}/metrics | grep sculpt_
+  (inputs: nested lists shaped {shape} ({modality}){png})
+gRPC on port {grpc_port} (health, reflection, sculpt.v1.Sculpt):
+  grpcurl -plaintext localhost:{grpc_port} list
+  grpcurl -plaintext -d '{{}}' localhost:{grpc_port} sculpt.v1.Sculpt/GetInfo
+  python -c 'import grpc; from sculptserve.grpc import sculpt_pb2 as pb, sculpt_pb2_grpc as rpc; \\
+print(rpc.SculptStub(grpc.insecure_channel("localhost:{grpc_port}")).GetDrift(pb.GetDriftRequest()).state)'
+"""
+
+
+def run_serve(
+    bundle: str, *, port: int = 3000, grpc_port: int = 50051, host: str = "127.0.0.1"
+) -> int:
+    """Verify ``bundle``, then run the BentoML server (HTTP + gRPC) until interrupted."""
+    from sculptserve.bundle import load_bundle
+
+    manifest = load_bundle(bundle).manifest  # fail fast, one readable line, before starting
+    env = {
+        **os.environ,
+        "SCULPT_BUNDLE": str(bundle),
+        ENV_GRPC_PORT: str(grpc_port),
+        ENV_GRPC_HOST: host,
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "sculptserve.service:SculptService",
+        "--port",
+        str(port),
+        "--host",
+        host,
+    ]
+    print(
+        f"serving {manifest.name}:{manifest.version} — HTTP {host}:{port}, gRPC {host}:{grpc_port}"
+    )
+    print(example_calls(port, grpc_port, manifest.input.modality, manifest.input.shape))
+    child = subprocess.Popen(command, env=env)
+
+    def forward(signum: int, frame: Any) -> None:
+        child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -1,0 +1,95 @@
+"""Drift monitoring on a real trained and exported model, through the service core."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from export.writer import ExportOptions, export_run
+from sculptserve.app import EmbeddingApp
+from sculptserve.bundle import load_bundle
+from training.config import TrainConfig
+from training.data import load_dataset
+from training.trainer import train
+
+WINDOW, EVERY = 256, 128
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    root = tmp_path_factory.mktemp("drift")
+    run = root / "run"
+    train(
+        TrainConfig(
+            out=str(run),
+            latent_dim=4,
+            batch_size=64,
+            max_steps=150,
+            width=8,
+            val_size=256,
+            report=False,
+        ),
+        progress=False,
+    )
+    options = ExportOptions(n_reference=1024, window=WINDOW, n_resamples=200)
+    bundle = load_bundle(export_run(run, root / "bundle", options))
+    service = EmbeddingApp(bundle, metrics_registry=CollectorRegistry(), background_drift=False)
+    yield service
+    service.close()
+
+
+@pytest.fixture(scope="module")
+def traffic():
+    """Held-out images the export did not use (it drew its rows from this permutation)."""
+    val = load_dataset("shapes", split="val")
+    used = np.random.default_rng(0).permutation(len(val))[: 1024 + 4 * WINDOW]
+    fresh = np.setdiff1d(np.arange(len(val)), used)
+    return val, np.random.default_rng(1).permutation(fresh)
+
+
+def as_items(x: np.ndarray) -> list[dict]:
+    return [
+        {
+            "b64": base64.b64encode(row.astype("<f4").tobytes()).decode(),
+            "dtype": "float32",
+            "shape": list(row.shape),
+        }
+        for row in x
+    ]
+
+
+def send(app: EmbeddingApp, x: np.ndarray) -> list[tuple[str, int]]:
+    """Embed in requests of EVERY images; (state, windows evaluated) after each."""
+    out = []
+    for start in range(0, len(x), EVERY):
+        app.embed(as_items(x[start : start + EVERY]))
+        report = app.drift()
+        out.append((report["state"], report["windows_evaluated"]))
+    return out
+
+
+def test_in_distribution_traffic_stays_quiet_then_inverted_images_alert(app, traffic):
+    val, rows = traffic
+    quiet = send(app, val.get_batch(rows[: WINDOW + 21 * EVERY]))
+    evaluated = [s for s, n in quiet if n > 0]
+    assert len(evaluated) >= 20
+    assert all(state == "ok" for state in evaluated), quiet
+
+    inverted = 1.0 - val.get_batch(rows[WINDOW + 21 * EVERY :][: WINDOW + 2 * EVERY])
+    states = [s for s, _ in send(app, inverted)]
+    full = states[WINDOW // EVERY - 1 :]  # evaluations whose window is entirely shifted
+    assert "drift" in full[:2], states
+
+
+def test_noised_images_alert(app, traffic):
+    val, rows = traffic
+    send(app, val.get_batch(rows[-(WINDOW + 4 * EVERY) :][: 2 * WINDOW]))  # back to normal
+    assert app.drift()["state"] == "ok"
+    rng = np.random.default_rng(2)
+    clean = val.get_batch(rows[-(WINDOW + 4 * EVERY) :][: WINDOW + 2 * EVERY])
+    noised = np.clip(clean + rng.normal(0, 0.3, clean.shape), 0, 1).astype(np.float32)
+    states = [s for s, _ in send(app, noised)]
+    assert "drift" in states[WINDOW // EVERY - 1 :][:2], states
