@@ -1,0 +1,215 @@
+"""The REST front end: a BentoML 1.4 service over :class:`sculptserve.app.EmbeddingApp`.
+
+Run with ``SCULPT_BUNDLE=BUNDLE_DIR_OR_TAG bentoml serve sculptserve.service:SculptService``
+(or ``sculpt serve``). All logic lives in ``EmbeddingApp``; this module only translates HTTP.
+No torch is imported anywhere on this path.
+
+Routes
+------
+``POST /embed``, ``POST /reconstruct``, ``POST /generate``: JSON in and out (DESIGN.md
+"Interfaces"). ``GET /info`` and ``GET /drift``: BentoML 1.4 registers every ``@bentoml.api``
+as POST only (``_bentoml_impl/server/app.py`` builds ``Route(..., methods=["POST"])``, and
+``bentoml.api`` has no method option), so both are also POST APIs with an empty body (those are
+the ones in ``/docs.json``), and a small Starlette app mounted with ``mount_asgi_app`` answers
+the GET form. BentoML's ``PassiveMount`` only matches paths its own routes match fully, and API
+routes come first, so the mount hides nothing. ``/livez``, ``/readyz``, ``/metrics`` and
+``/docs.json`` are BentoML's.
+
+Errors
+------
+A :class:`~sculptserve.codec.PayloadError` (any client mistake) becomes
+``bentoml.exceptions.InvalidArgument``, which BentoML answers 400 with the message. Note that
+BentoML 1.4 wraps the body in a list: ``[{"error": "..."}]``. Pydantic type errors are 400
+(``{"error": ..., "detail": [...]}``); the body limit (413) and API key (401) answer
+``{"error": ...}`` from :mod:`sculptserve.http_guard`. Anything else is a bug and a 500.
+
+Batching
+--------
+Every request is already a batch (up to ``max_items``) that goes to ONNX Runtime as one call.
+BentoML's adaptive batching needs a ``batchable=True`` API with a single batched argument,
+which ``embed`` (with ``encoding``) cannot be, and calling an internal batchable API from a
+plain one goes through BentoML's self-proxy (another HTTP hop with serialization). So there is
+no cross-request batching here: concurrent requests run concurrently in the service's thread
+pool, each as one ORT call. Whether cross-request batching pays off is for
+``benchmarks/serve.py`` to measure.
+
+Metrics
+-------
+The drift monitor's metrics (``sculpt_drift_*``, ``sculpt_embeddings_served_total``) go to
+``prometheus_client``'s default registry, labelled ``worker=<BentoML worker index>``. BentoML
+sets ``PROMETHEUS_MULTIPROC_DIR`` before prometheus_client is imported and builds ``/metrics``
+with a ``MultiProcessCollector``, so they appear there beside ``bentoml_service_*``, summed
+(counters) or per process (gauges) across workers; see :mod:`sculptserve.drift`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+import bentoml
+import numpy as np
+from bentoml.exceptions import InvalidArgument
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from sculptserve.app import EmbeddingApp
+from sculptserve.codec import PayloadError
+from sculptserve.http_guard import HttpGuard
+from sculptserve.serve import ENV_GRPC_HOST, ENV_GRPC_PORT, GrpcThread
+
+log = logging.getLogger(__name__)
+
+
+def _worker_label() -> str:
+    """BentoML's worker index for this process ("0" outside a BentoML server)."""
+    try:
+        from bentoml._internal.context import server_context
+
+        index = server_context.worker_index
+    except Exception:  # private API: a missing label must not stop the service
+        index = None
+    return str(index if index is not None else 0)
+
+
+def _single_process_metrics() -> None:
+    """Make BentoML's /metrics work when no multiprocess dir exists (in-process ASGI use).
+
+    ``bentoml serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` for its workers and /metrics reads that
+    dir. Without it (``to_asgi()`` in tests, or embedding the app elsewhere) BentoML's client
+    still asks for a ``MultiProcessCollector`` and /metrics fails, so we switch it to the
+    default registry, where the drift metrics live in that case.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.server.metrics.prometheus import PrometheusClient
+
+    BentoMLContainer.metrics_client.set(PrometheusClient(multiproc=False))
+
+
+def _finite(rows: list[Any]) -> bool:
+    """Whether every number in a list of lists is finite (JSON cannot carry inf/NaN)."""
+    return all(math.isfinite(v) for row in rows for v in row)
+
+
+@bentoml.service(name="sculpt", traffic={"timeout": 60})
+class SculptService:
+    """Embeddings, reconstructions and prior samples of one verified bundle."""
+
+    def __init__(self) -> None:
+        self._app: EmbeddingApp | None = None
+        _single_process_metrics()
+        # from_source reads $SCULPT_BUNDLE (a folder or a BentoML tag) and verifies the bundle
+        # (hashes, manifest, ONNX graphs); RuntimeConfig.from_env sets providers and threads.
+        self._app = EmbeddingApp.from_source(metric_labels={"worker": _worker_label()})
+        log.info("bundle %s loaded", self._app.bundle.path)
+        # `sculpt serve` sets SCULPT_GRPC_PORT: gRPC then runs in this process beside HTTP and
+        # shares this app (runtime, validation, drift window, metrics).
+        self._grpc: GrpcThread | None = None
+        grpc_port = os.environ.get(ENV_GRPC_PORT)
+        if grpc_port:
+            host = os.environ.get(ENV_GRPC_HOST, "127.0.0.1")
+            self._grpc = GrpcThread(self._app, int(grpc_port), host)
+            log.info("gRPC listening on %s:%s", host, grpc_port)
+
+    @property
+    def app(self) -> EmbeddingApp:
+        if self._app is None:  # only reachable if __init__ failed half-way
+            raise RuntimeError("the bundle is not loaded")
+        return self._app
+
+    def __is_ready__(self) -> bool:
+        """Ready once the bundle is loaded and verified and the drift worker runs."""
+        if self._app is None:
+            return False
+        return self._app.monitor is None or self._app.monitor.worker_alive
+
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        """Stop the gRPC server and the drift monitor's worker thread."""
+        if getattr(self, "_grpc", None) is not None:
+            self._grpc.stop()
+        if self._app is not None:
+            self._app.close()
+
+    @bentoml.api
+    def embed(self, inputs: list, encoding: str = "float32") -> dict[str, Any]:
+        """Inputs -> embeddings; `encoding`: float32, float16, uint8 or int8."""
+        try:
+            out = self.app.embed(inputs, encoding)
+        except PayloadError as exc:
+            raise InvalidArgument(str(exc)) from None
+        if encoding in ("float32", "float16") and not _finite(out["embeddings"]):
+            # Finite but huge inputs can overflow the encoder; the client can fix that.
+            raise InvalidArgument(
+                "inputs give non-finite embeddings (values too large for float32); "
+                "check the value range of the inputs"
+            )
+        return out
+
+    @bentoml.api
+    def reconstruct(self, inputs: list) -> dict[str, Any]:
+        """Inputs -> decoder(encoder(inputs)), in model space."""
+        try:
+            out = self.app.reconstruct(inputs)
+        except PayloadError as exc:
+            raise InvalidArgument(str(exc)) from None
+        if not np.isfinite(np.asarray(out["outputs"], dtype=np.float64)).all():
+            raise InvalidArgument(
+                "inputs give non-finite outputs (values too large for float32); "
+                "check the value range of the inputs"
+            )
+        return out
+
+    @bentoml.api
+    def generate(
+        self,
+        n: int,
+        seed: int = 0,
+        fixed: dict[str, float] | None = None,
+        output: str = "array",
+    ) -> dict[str, Any]:
+        """`n` decoded prior samples, deterministic for `seed`; `fixed`: {dim: value};
+        `output`: array or png (image models)."""
+        try:
+            return self.app.generate(n, seed, fixed, output)
+        except PayloadError as exc:
+            raise InvalidArgument(str(exc)) from None
+
+    @bentoml.api
+    def info(self) -> dict[str, Any]:
+        """Manifest summary, providers, limits and encodings (also GET /info)."""
+        return self.app.info()
+
+    @bentoml.api
+    def drift(self) -> dict[str, Any]:
+        """The drift monitor's latest report (also GET /drift)."""
+        return self.app.drift()
+
+
+def _current() -> SculptService:
+    return bentoml.get_current_service()
+
+
+async def _get_info(_: Request) -> JSONResponse:
+    return JSONResponse(_current().app.info())
+
+
+async def _get_drift(_: Request) -> JSONResponse:
+    return JSONResponse(_current().app.drift())
+
+
+# GET forms of /info and /drift (see the module docstring for why they are a mount).
+_get_routes = Starlette(
+    routes=[
+        Route("/info", _get_info, methods=["GET"]),
+        Route("/drift", _get_drift, methods=["GET"]),
+    ]
+)
+SculptService.mount_asgi_app(_get_routes, path="/", name="sculpt-get")
+SculptService.add_asgi_middleware(HttpGuard)

@@ -1,0 +1,94 @@
+"""`sculpt serve` for real: one subprocess on loopback, REST and gRPC sharing one app."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import bentoml
+import grpc
+import numpy as np
+import pytest
+from bundle_factory import make_bundle, toy_encode, toy_weights
+
+from sculptserve.grpc import sculpt_pb2 as pb
+from sculptserve.grpc import sculpt_pb2_grpc as rpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    bundle = make_bundle(tmp_path_factory.mktemp("serve") / "bundle")
+    port, grpc_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml")),
+        "BENTOML_DO_NOT_TRACK": "1",
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sculptserve.cli",
+            "serve",
+            str(bundle),
+            "--port",
+            str(port),
+            "--grpc-port",
+            str(grpc_port),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    client = None
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            client = bentoml.SyncHTTPClient(url, server_ready_timeout=5)
+            if client.is_ready():
+                break
+        except Exception:  # not listening yet
+            time.sleep(0.5)
+    if proc.poll() is not None or client is None:
+        pytest.fail(f"sculpt serve did not start:\n{proc.stdout.read()}")
+    yield proc, client, grpc_port
+    client.close()
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+
+
+def test_rest_and_grpc_share_one_app(server):
+    _, client, grpc_port = server
+    x = np.random.default_rng(0).random((3, 1, 4, 4), dtype=np.float32)
+    expected = toy_encode(x, toy_weights((1, 4, 4), 3)[0])
+    rest = client.embed(inputs=x.tolist(), encoding="float32")
+    np.testing.assert_allclose(rest["embeddings"], expected, atol=1e-5)
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+    stub = rpc.SculptStub(channel)
+    tensor = pb.Tensor(shape=list(x.shape), data=x.astype("<f4").tobytes())
+    reply = stub.Embed(pb.EmbedRequest(inputs=pb.Inputs(tensor=tensor)))
+    z = np.frombuffer(reply.embeddings.data, dtype="<f4").reshape(tuple(reply.embeddings.shape))
+    np.testing.assert_allclose(z, expected, atol=1e-5)
+
+    drift = json.loads(stub.GetDrift(pb.GetDriftRequest()).json)
+    assert drift["embeddings_seen"] == 6  # 3 over REST + 3 over gRPC: one monitor
+    channel.close()
+
+
+def test_server_stops_cleanly_on_ctrl_c(server):
+    proc, _, _ = server
+    assert proc.poll() is None  # still up after the other test's traffic

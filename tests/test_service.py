@@ -1,0 +1,355 @@
+"""The REST service in-process: starlette's TestClient over ``SculptService.to_asgi()``.
+
+Every test builds a fresh app after setting the environment: BentoML creates the service
+instance (which reads $SCULPT_BUNDLE) at ASGI startup, and the HTTP guard reads its settings
+when the middleware stack is built, so monkeypatched variables apply to the next client.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from sculptserve.service import SculptService
+from tests.bundle_factory import make_bundle, toy_encode, toy_weights
+
+SHAPE = (1, 4, 4)
+LATENT = 3
+API_ROUTES = ("/embed", "/reconstruct", "/generate", "/info", "/drift")
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("svc") / "bundle", latent_dim=LATENT)
+
+
+@pytest.fixture(scope="module")
+def tabular_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("tab") / "bundle", input_shape=(5,), latent_dim=2)
+
+
+def fresh_asgi_app() -> Any:
+    """``SculptService.to_asgi()``, after dropping the previous app's BentoML metrics.
+
+    Outside ``bentoml serve`` BentoML registers its request metrics on the default registry
+    once per app, so a second app in one process would collide (a test-only situation).
+    """
+    import prometheus_client
+
+    registry = prometheus_client.REGISTRY
+    for collector in list(registry._collector_to_names):
+        if any(n.startswith("bentoml_") for n in registry._collector_to_names[collector]):
+            registry.unregister(collector)
+    return SculptService.to_asgi()
+
+
+def _client(monkeypatch: pytest.MonkeyPatch, bundle: Path, **env: str) -> TestClient:
+    monkeypatch.setenv("SCULPT_BUNDLE", str(bundle))
+    monkeypatch.delenv("SCULPT_API_KEY", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return TestClient(fresh_asgi_app())
+
+
+@pytest.fixture
+def client(monkeypatch: pytest.MonkeyPatch, bundle_dir: Path) -> Iterator[TestClient]:
+    with _client(monkeypatch, bundle_dir) as c:
+        yield c
+
+
+def _inputs(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, *SHAPE)).astype(np.float32)
+
+
+def _error(resp: Any) -> str:
+    """The error message, whichever envelope produced it (BentoML lists InvalidArgument's)."""
+    body = resp.json()
+    if isinstance(body, list):
+        body = body[0]
+    assert isinstance(body, dict) and isinstance(body.get("error"), str), body
+    return json.dumps(body)
+
+
+def _png_b64(array: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array.astype(np.uint8)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _raw(array: np.ndarray) -> dict[str, Any]:
+    data = np.ascontiguousarray(array, dtype="<f4").tobytes()
+    return {"b64": base64.b64encode(data).decode("ascii"), "shape": list(array.shape)}
+
+
+# -- happy paths ------------------------------------------------------------------------------
+
+
+def test_embed_float32_matches_the_model(client: TestClient) -> None:
+    x = _inputs(5)
+    resp = client.post("/embed", json={"inputs": x.tolist(), "encoding": "float32"})
+    assert resp.status_code == 200, resp.text
+    got = np.asarray(resp.json()["embeddings"], dtype=np.float32)
+    w_enc, _ = toy_weights(SHAPE, LATENT)
+    np.testing.assert_allclose(got, toy_encode(x, w_enc), atol=1e-5)
+
+
+def test_embed_accepts_png_and_raw_forms(client: TestClient) -> None:
+    pixels = np.random.default_rng(1).integers(0, 256, size=(4, 4))
+    raw = _inputs(1)[0]
+    resp = client.post("/embed", json={"inputs": [_png_b64(pixels), _raw(raw)]})
+    assert resp.status_code == 200, resp.text
+    got = np.asarray(resp.json()["embeddings"], dtype=np.float32)
+    w_enc, _ = toy_weights(SHAPE, LATENT)
+    expected = toy_encode(np.stack([pixels[None] / 255.0, raw]).astype(np.float32), w_enc)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "lo", "hi", "integral"),
+    [
+        ("float32", -math.inf, math.inf, False),
+        ("float16", -65504, 65504, False),
+        ("uint8", 0, 255, True),
+        ("int8", -128, 127, True),
+    ],
+)
+def test_embed_encodings(
+    client: TestClient, encoding: str, lo: float, hi: float, integral: bool
+) -> None:
+    resp = client.post("/embed", json={"inputs": _inputs(3).tolist(), "encoding": encoding})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["encoding"] == encoding
+    codes = np.asarray(body["embeddings"])
+    assert codes.shape == (3, LATENT)
+    assert ((codes >= lo) & (codes <= hi)).all()
+    if integral:
+        assert all(isinstance(v, int) for row in body["embeddings"] for v in row)
+    if encoding == "float16":
+        assert np.array_equal(codes, codes.astype(np.float16).astype(np.float64))
+
+
+def test_reconstruct(client: TestClient) -> None:
+    resp = client.post("/reconstruct", json={"inputs": _inputs(2).tolist()})
+    assert resp.status_code == 200, resp.text
+    out = np.asarray(resp.json()["outputs"])
+    assert out.shape == (2, *SHAPE)
+    assert ((out > 0) & (out < 1)).all()  # the toy decoder ends in a sigmoid
+
+
+def test_generate_is_deterministic_and_honours_fixed(client: TestClient) -> None:
+    body = {"n": 4, "seed": 7, "fixed": {"1": 0.5}}
+    first = client.post("/generate", json=body)
+    second = client.post("/generate", json=body)
+    assert first.status_code == 200, first.text
+    assert first.json() == second.json()
+    samples = np.asarray(first.json()["samples"])
+    latents = np.asarray(first.json()["latents"])
+    assert samples.shape == (4, *SHAPE)
+    np.testing.assert_allclose(latents[:, 1], 0.5)
+    other = client.post("/generate", json={"n": 4, "seed": 8}).json()
+    assert other["samples"] != first.json()["samples"]
+
+
+def test_generate_png_decodes(client: TestClient) -> None:
+    from PIL import Image
+
+    resp = client.post("/generate", json={"n": 2, "seed": 0, "output": "png"})
+    assert resp.status_code == 200, resp.text
+    for item in resp.json()["samples"]:
+        with Image.open(io.BytesIO(base64.b64decode(item))) as img:
+            assert img.format == "PNG"
+            assert img.size == (4, 4)
+
+
+def test_info_get_and_post(client: TestClient) -> None:
+    for resp in (client.get("/info"), client.post("/info")):
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["name"] == "toy"
+        assert body["latent_dim"] == LATENT
+
+
+def test_drift_warms_up_then_reports_ok(client: TestClient) -> None:
+    first = client.get("/drift").json()
+    assert first["state"] == "warming_up"
+    assert client.post("/drift").json()["state"] == "warming_up"
+    window = first["window"]
+    # Inputs whose embeddings follow the prior (like the reference): x = z @ pinv(W_enc).
+    w_enc, _ = toy_weights(SHAPE, LATENT)
+    z = np.random.default_rng(3).standard_normal((2 * window, LATENT))
+    x = (z @ np.linalg.pinv(w_enc)).reshape(-1, *SHAPE)
+    for chunk in np.array_split(x, 4):
+        assert client.post("/embed", json={"inputs": chunk.tolist()}).status_code == 200
+    deadline = time.monotonic() + 10
+    report = client.get("/drift").json()
+    while report["windows_evaluated"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        report = client.get("/drift").json()
+    assert report["state"] == "ok", report
+    assert report["mmd2"] is not None and report["mmd2_threshold"] > 0
+
+
+def test_health_metrics_and_docs(client: TestClient) -> None:
+    assert client.get("/livez").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    client.post("/embed", json={"inputs": _inputs(2).tolist()})
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    assert "sculpt_embeddings_served_total" in metrics.text
+    assert "sculpt_drift_alert" in metrics.text
+    spec = client.get("/docs.json").json()
+    assert spec["openapi"].startswith("3.")
+    assert set(API_ROUTES) <= set(spec["paths"])
+
+
+def test_tabular_model(monkeypatch: pytest.MonkeyPatch, tabular_dir: Path) -> None:
+    with _client(monkeypatch, tabular_dir) as c:
+        resp = c.post("/embed", json={"inputs": [[0.1, 0.2, 0.3, 0.4, 0.5]]})
+        assert resp.status_code == 200, resp.text
+        assert np.asarray(resp.json()["embeddings"]).shape == (1, 2)
+        png = c.post("/generate", json={"n": 1, "output": "png"})
+        assert png.status_code == 400 and "tabular" in _error(png)
+
+
+# -- client errors: every one a 4xx that says what was wrong ----------------------------------
+
+BAD_REQUESTS = [
+    ("/embed", {"inputs": [[[0.0] * 3] * 4]}, "shape"),
+    ("/embed", {"inputs": [[["a"] * 4] * 4]}, "strings"),
+    ("/embed", {"inputs": [_raw(np.full(SHAPE, np.nan, dtype=np.float32))]}, "NaN"),
+    ("/embed", {"inputs": ["%%% not base64 %%%"]}, "base64"),
+    ("/embed", {"inputs": [base64.b64encode(b"not an image").decode()]}, "decode"),
+    ("/embed", {"inputs": []}, "empty"),
+    ("/embed", {"inputs": [[[0.0] * 4] * 4], "encoding": "bf16"}, "encoding"),
+    ("/embed", {"inputs": "nope"}, "validation"),
+    ("/embed", {}, "validation"),
+    ("/reconstruct", {"inputs": [[1, 2]]}, "shape"),
+    ("/reconstruct", {"inputs": []}, "empty"),
+    ("/generate", {"n": 100000}, "n must be"),
+    ("/generate", {"n": 0}, "n must be"),
+    ("/generate", {"n": -3}, "n must be"),
+    ("/generate", {"n": 2, "fixed": {"9": 1.0}}, "dimension"),
+    ("/generate", {"n": 2, "fixed": {"x": 1.0}}, "dimension"),
+    ("/generate", {"n": 2, "seed": -1}, "seed"),
+    ("/generate", {"n": 2, "output": "gif"}, "output"),
+    ("/generate", {"n": "many"}, "validation"),
+]
+
+
+@pytest.mark.parametrize(("route", "body", "reason"), BAD_REQUESTS)
+def test_bad_input_is_a_readable_4xx(
+    client: TestClient, route: str, body: dict[str, Any], reason: str
+) -> None:
+    resp = client.post(route, json=body)
+    assert resp.status_code == 400, resp.text
+    assert reason.lower() in _error(resp).lower()
+
+
+def test_literal_nan_in_json_is_rejected(client: TestClient) -> None:
+    rows = [[[float("nan")] * 4] * 4]
+    text = json.dumps({"inputs": rows})  # Python writes the non-standard literal NaN
+    assert "NaN" in text
+    resp = client.post("/embed", content=text, headers={"content-type": "application/json"})
+    assert resp.status_code == 400, resp.text
+
+
+def test_huge_values_are_a_4xx(client: TestClient) -> None:
+    x = np.full((1, *SHAPE), 3e38)
+    for route in ("/embed", "/reconstruct"):
+        resp = client.post(route, json={"inputs": x.tolist()})
+        assert resp.status_code < 500, resp.text
+
+
+def test_malformed_json_is_400(client: TestClient) -> None:
+    for route in API_ROUTES[:3]:
+        resp = client.post(route, content=b"{bad", headers={"content-type": "application/json"})
+        assert resp.status_code == 400, resp.text
+        assert "json" in _error(resp).lower()
+
+
+def test_multipart_without_boundary_is_400(client: TestClient) -> None:
+    headers = {"content-type": "multipart/form-data"}
+    resp = client.post("/embed", content=b'{"inputs": []}', headers=headers)
+    assert resp.status_code == 400
+    assert "boundary" in resp.json()["error"]
+
+
+def test_too_many_items(monkeypatch: pytest.MonkeyPatch, bundle_dir: Path) -> None:
+    with _client(monkeypatch, bundle_dir, SCULPT_MAX_ITEMS="4") as c:
+        resp = c.post("/embed", json={"inputs": _inputs(5).tolist()})
+        assert resp.status_code == 400
+        assert "too many items" in _error(resp)
+
+
+def test_body_limit(monkeypatch: pytest.MonkeyPatch, bundle_dir: Path) -> None:
+    with _client(monkeypatch, bundle_dir, SCULPT_MAX_BODY_BYTES="2000") as c:
+        small = c.post("/embed", json={"inputs": _inputs(1).tolist()})
+        assert small.status_code == 200, small.text
+        big = json.dumps({"inputs": _inputs(20).tolist()}).encode()
+        resp = c.post("/embed", content=big, headers={"content-type": "application/json"})
+        assert resp.status_code == 413
+        assert "limit" in resp.json()["error"]
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted while streaming
+            for i in range(0, len(big), 500):
+                yield big[i : i + 500]
+
+        resp = c.post("/embed", content=chunks(), headers={"content-type": "application/json"})
+        assert resp.status_code == 413
+        assert "limit" in resp.json()["error"]
+        assert c.get("/livez").status_code == 200  # the server carries on
+
+
+def test_api_key(monkeypatch: pytest.MonkeyPatch, bundle_dir: Path) -> None:
+    with _client(monkeypatch, bundle_dir, SCULPT_API_KEY="s3cret") as c:
+        body = {"inputs": _inputs(1).tolist()}
+        for route in API_ROUTES:
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+                resp = c.post(route, json=body, headers=headers)
+                assert resp.status_code == 401, (route, headers)
+                assert "API key" in resp.json()["error"]
+        assert c.get("/info").status_code == 401
+        assert c.get("/drift").status_code == 401
+        good = {"Authorization": "Bearer s3cret"}
+        assert c.post("/embed", json=body, headers=good).status_code == 200
+        assert c.get("/info", headers=good).status_code == 200
+        for open_route in ("/livez", "/readyz", "/healthz", "/metrics", "/docs.json"):
+            assert c.get(open_route).status_code == 200, open_route
+
+
+def test_serving_never_imports_torch(bundle_dir: Path, tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        f"""
+        import os, sys
+        os.environ["SCULPT_BUNDLE"] = {str(bundle_dir)!r}
+        from starlette.testclient import TestClient
+        from sculptserve.service import SculptService
+        with TestClient(SculptService.to_asgi()) as c:
+            r = c.post("/embed", json={{"inputs": [[[0.5] * 4] * 4]}})
+            assert r.status_code == 200, r.text
+        assert "torch" not in sys.modules, "torch was imported"
+        print("no torch")
+        """
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "no torch" in done.stdout
