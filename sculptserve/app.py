@@ -85,7 +85,8 @@ class EmbeddingApp:
                 bundle.manifest.drift,
                 drift_config,
                 registry=metrics_registry,
-                labels=metric_labels,
+                # One label set for every app in a process, so monitors can share a registry.
+                labels=metric_labels or {"worker": "0"},
                 background=background_drift,
             )
             if drift_enabled
