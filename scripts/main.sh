@@ -2,7 +2,8 @@
 # The main job on the built-in default data (`shapes`, procedural dSprites-like images):
 # train a small MMD-sculpted autoencoder on the CPU (a few minutes on 2 cores), score its
 # held-out latents for independence (LPS) and for fit to the prior (MMD permutation test),
-# then export it to a verified ONNX bundle and inspect that. Serving lands next.
+# export it to a verified ONNX bundle, and serve it over REST (:3000) and gRPC (:50051) until
+# Ctrl-C. SERVE=0 stops after the export.
 #   STEPS=3000 bash scripts/main.sh     a longer run (better reconstructions)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,4 +23,8 @@ sculpt mmd "$run/val_latents.npy" --prior "$prior" --max-samples 1000
 echo "==> exporting to the ONNX bundle $run-bundle"
 sculpt export "$run" --out "$run-bundle"
 sculpt inspect "$run-bundle"
-echo "==> done: see $run/report/*.png, $run/metrics.jsonl, $run/summary.json and $run-bundle/"
+echo "==> see $run/report/*.png, $run/metrics.jsonl, $run/summary.json and $run-bundle/"
+if [ "${SERVE:-1}" != "0" ]; then
+    echo "==> serving $run-bundle (Ctrl-C to stop)"
+    exec sculpt serve "$run-bundle" --port "${PORT:-3000}" --grpc-port "${GRPC_PORT:-50051}"
+fi
