@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from sculptserve.bundle import Bundle, load_bundle, summarize
 from sculptserve.codec import (
     ENCODINGS,
@@ -57,6 +59,16 @@ class ServiceLimits:
                 if values[field] < 1:
                     raise ValueError(f"{var} must be >= 1, got {values[field]}")
         return cls(**values)
+
+
+def check_finite(values: np.ndarray, what: str) -> None:
+    """Finite but huge inputs can overflow the model; that is the client's to fix."""
+    if not np.isfinite(values).all():
+        rows = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
+        raise PayloadError(
+            f"item {rows[0]}: the inputs give non-finite {what} (values too large for "
+            "float32?); check the value range of the inputs"
+        )
 
 
 class EmbeddingApp:
@@ -114,6 +126,7 @@ class EmbeddingApp:
         get_encoding(encoding)  # an unknown encoding fails before any work
         x = decode_inputs(inputs, self.spec, max_items=self.limits.max_items)
         z = self.runtime.encode(x)
+        check_finite(z, "embeddings")  # before the monitor: it must never see NaN/Inf
         if self.monitor is not None:
             self.monitor.observe(z)
         codes = encode_embeddings(z, self.prior, encoding)
@@ -121,7 +134,9 @@ class EmbeddingApp:
 
     def reconstruct(self, inputs: Any) -> dict[str, Any]:
         x = decode_inputs(inputs, self.spec, max_items=self.limits.max_items)
-        return {"outputs": self.runtime.reconstruct(x).tolist()}
+        outputs = self.runtime.reconstruct(x)
+        check_finite(outputs, "outputs")
+        return {"outputs": outputs.tolist()}
 
     def generate(
         self,

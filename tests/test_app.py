@@ -1,0 +1,55 @@
+"""The service core shared by REST and gRPC."""
+
+import numpy as np
+import pytest
+from bundle_factory import make_bundle
+from prometheus_client import CollectorRegistry
+
+from sculptserve.app import EmbeddingApp, ServiceLimits
+from sculptserve.bundle import load_bundle
+from sculptserve.codec import PayloadError
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    return load_bundle(make_bundle(tmp_path / "b"))
+
+
+def test_overflowing_inputs_are_a_client_error_and_never_reach_the_monitor(bundle, monkeypatch):
+    app = EmbeddingApp(bundle, metrics_registry=CollectorRegistry(), background_drift=False)
+    encode, decode = app.runtime.encode, app.runtime.decode
+    # Finite inputs that overflow a real encoder: simulated, the toy model is too small.
+    monkeypatch.setattr(app.runtime, "encode", lambda x: encode(x) * np.inf)
+    monkeypatch.setattr(app.runtime, "reconstruct", lambda x: decode(encode(x)) * np.nan)
+    with pytest.raises(PayloadError, match=r"item 0: .*non-finite embeddings"):
+        app.embed(np.ones((2, 1, 4, 4)).tolist())
+    with pytest.raises(PayloadError, match="non-finite outputs"):
+        app.reconstruct(np.ones((1, 1, 4, 4)).tolist())
+    assert app.drift()["embeddings_seen"] == 0
+    monkeypatch.undo()
+    app.embed(np.zeros((2, 1, 4, 4)).tolist())
+    assert app.drift()["embeddings_seen"] == 2
+
+
+def test_drift_can_be_switched_off(bundle):
+    app = EmbeddingApp(bundle, drift_enabled=False)
+    app.embed(np.zeros((1, 1, 4, 4)).tolist())
+    assert app.drift()["state"] == "disabled"
+
+
+def test_limits_from_environment():
+    limits = ServiceLimits.from_env({"SCULPT_MAX_ITEMS": "7", "SCULPT_MAX_BODY_BYTES": "1024"})
+    assert limits.max_items == 7 and limits.max_body_bytes == 1024 and limits.max_generate == 256
+    with pytest.raises(ValueError, match="SCULPT_MAX_GENERATE"):
+        ServiceLimits.from_env({"SCULPT_MAX_GENERATE": "many"})
+    with pytest.raises(ValueError, match="must be >= 1"):
+        ServiceLimits.from_env({"SCULPT_MAX_ITEMS": "0"})
+
+
+def test_generate_limits(bundle):
+    app = EmbeddingApp(bundle, limits=ServiceLimits(max_generate=4), drift_enabled=False)
+    assert len(app.generate(4, seed=1)["samples"]) == 4
+    with pytest.raises(PayloadError, match=r"\[1, 4\]"):
+        app.generate(5)
+    with pytest.raises(PayloadError, match="unknown output"):
+        app.generate(1, output="gif")
