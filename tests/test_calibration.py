@@ -50,6 +50,17 @@ def test_scorer_freezes_the_reference_bandwidth():
     assert scorer.kernel.bandwidth == pytest.approx(median, rel=1e-9)
 
 
+@pytest.mark.parametrize("kernel", ["rbf", "imq"])
+def test_window_mmd2_equals_the_pooled_estimator(kernel):
+    from sculptserve.mmd import mmd2
+
+    rng = np.random.default_rng(6)
+    reference, window = rng.normal(size=(300, 5)), rng.normal(size=(64, 5)) + 0.3
+    scorer = WindowScorer(reference, kernel)
+    expected = mmd2(window, reference, kernel=scorer.kernel, estimator="unbiased")
+    assert scorer.window_mmd2(window) == pytest.approx(expected, abs=1e-10)
+
+
 def test_window_statistics_fields():
     rng = np.random.default_rng(4)
     scorer = WindowScorer(rng.normal(size=(400, 3)))
