@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
 import socket
 import subprocess
@@ -30,7 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
 
 from sculptserve.bundle import load_bundle
+from sculptserve.codec import raw_items
 from sculptserve.runtime import EmbeddingRuntime
+from sculptserve.serve import bentoml_serve_command
 
 CONCURRENCY = (1, 16, 64)
 
@@ -42,32 +43,14 @@ def free_port() -> int:
 
 
 def payload(x: np.ndarray) -> dict:
-    items = [
-        {
-            "b64": base64.b64encode(row.astype("<f4").tobytes()).decode(),
-            "dtype": "float32",
-            "shape": list(row.shape),
-        }
-        for row in x
-    ]
-    return {"inputs": items, "encoding": "float32"}
+    return {"inputs": raw_items(x), "encoding": "float32"}
 
 
 def start_server(bundle: str, port: int, drift: bool) -> subprocess.Popen:
     env = {**os.environ, "SCULPT_BUNDLE": bundle, "SCULPT_DRIFT": "on" if drift else "off"}
     env.pop("SCULPT_GRPC_PORT", None)
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "sculptserve.service:SculptService",
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-        ],
+        bentoml_serve_command(port, "127.0.0.1"),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

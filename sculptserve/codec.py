@@ -413,6 +413,18 @@ def decode_inputs(
 # ---------------------------------------------------------------------------------------------
 
 
+def raw_items(x: np.ndarray) -> list[dict[str, Any]]:
+    """Client helper: a batch (B, ...) as the compact raw-float32 request items."""
+    return [
+        {
+            "b64": base64.b64encode(np.ascontiguousarray(row, dtype="<f4").tobytes()).decode(),
+            "dtype": "float32",
+            "shape": list(row.shape),
+        }
+        for row in np.asarray(x)
+    ]
+
+
 def parse_fixed_dims(fixed: Mapping[Any, Any] | None, latent_dim: int) -> dict[int, float]:
     """Validate ``{dim index: value}`` overrides for generation.
 

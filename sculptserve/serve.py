@@ -88,6 +88,14 @@ print(rpc.SculptStub(grpc.insecure_channel("localhost:{grpc_port}")).GetDrift(pb
 """
 
 
+def bentoml_serve_command(port: int, host: str) -> list[str]:
+    """The `bentoml serve` command line for the sculpt service (HTTP)."""
+    return [
+        sys.executable, "-m", "bentoml", "serve", "sculptserve.service:SculptService",
+        "--port", str(port), "--host", host,
+    ]  # fmt: skip
+
+
 def run_serve(
     bundle: str, *, port: int = 3000, grpc_port: int = 50051, host: str = "127.0.0.1"
 ) -> int:
@@ -101,17 +109,7 @@ def run_serve(
         ENV_GRPC_PORT: str(grpc_port),
         ENV_GRPC_HOST: host,
     }
-    command = [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        "sculptserve.service:SculptService",
-        "--port",
-        str(port),
-        "--host",
-        host,
-    ]
+    command = bentoml_serve_command(port, host)
     print(
         f"serving {manifest.name}:{manifest.version} — HTTP {host}:{port}, gRPC {host}:{grpc_port}"
     )

@@ -351,3 +351,12 @@ def test_gaussian_latent_mse_per_encoding(capsys):
     assert mse["float32"] == 0.0
     assert mse["float16"] < 1e-6
     assert mse["uint8"] == mse["int8"] < 2e-3  # measured ~1e-3, dominated by the clipped tails
+
+
+def test_raw_items_round_trip_through_decode_inputs():
+    from sculptserve.codec import raw_items
+
+    spec = image_spec(channels=3)
+    x = np.random.default_rng(0).random((3, *spec.shape), dtype=np.float32)
+    decoded = decode_inputs(raw_items(x), spec, max_items=8, normalize=False)
+    np.testing.assert_array_equal(decoded, x)

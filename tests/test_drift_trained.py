@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
@@ -11,6 +9,7 @@ from prometheus_client import CollectorRegistry
 from export.writer import ExportOptions, export_run
 from sculptserve.app import EmbeddingApp
 from sculptserve.bundle import load_bundle
+from sculptserve.codec import raw_items
 from training.config import TrainConfig
 from training.data import load_dataset
 from training.trainer import train
@@ -50,22 +49,11 @@ def traffic():
     return val, np.random.default_rng(1).permutation(fresh)
 
 
-def as_items(x: np.ndarray) -> list[dict]:
-    return [
-        {
-            "b64": base64.b64encode(row.astype("<f4").tobytes()).decode(),
-            "dtype": "float32",
-            "shape": list(row.shape),
-        }
-        for row in x
-    ]
-
-
 def send(app: EmbeddingApp, x: np.ndarray) -> list[tuple[str, int]]:
     """Embed in requests of EVERY images; (state, windows evaluated) after each."""
     out = []
     for start in range(0, len(x), EVERY):
-        app.embed(as_items(x[start : start + EVERY]))
+        app.embed(raw_items(x[start : start + EVERY]))
         report = app.drift()
         out.append((report["state"], report["windows_evaluated"]))
     return out
