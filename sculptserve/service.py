@@ -184,11 +184,34 @@ async def _get_drift(_: Request) -> JSONResponse:
     return JSONResponse(_current().app.drift())
 
 
-# GET forms of /info and /drift (see the module docstring for why they are a mount).
+async def _embed_files(request: Request) -> JSONResponse:
+    """POST /embed/files: multipart/form-data with image files in `files` (PNG/JPEG) and an
+    optional `encoding` field. A Starlette route rather than a typed BentoML API: BentoML's
+    multipart handling answered some malformed forms with a 500 (found by fuzzing)."""
+    try:
+        form = await request.form()
+    except Exception as exc:  # malformed multipart: the client's to fix
+        return JSONResponse({"error": f"could not parse the multipart form: {exc}"}, 400)
+    files = [f for f in form.getlist("files") if hasattr(f, "read")]
+    if not files:
+        return JSONResponse({"error": "send image files in the multipart field 'files'"}, 400)
+    encoding = form.get("encoding", "float32")
+    if not isinstance(encoding, str):
+        return JSONResponse({"error": "the field 'encoding' must be text"}, 400)
+    items = [await f.read() for f in files]
+    try:
+        return JSONResponse(_current().app.embed(items, encoding))
+    except PayloadError as exc:
+        return JSONResponse({"error": str(exc)}, 400)
+
+
+# GET forms of /info and /drift, and multipart image upload (see the docstrings for why these
+# are a mount).
 _get_routes = Starlette(
     routes=[
         Route("/info", _get_info, methods=["GET"]),
         Route("/drift", _get_drift, methods=["GET"]),
+        Route("/embed/files", _embed_files, methods=["POST"]),
     ]
 )
 SculptService.mount_asgi_app(_get_routes, path="/", name="sculpt-get")

@@ -119,6 +119,62 @@ def test_embed_accepts_png_and_raw_forms(client: TestClient) -> None:
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_embed_multipart_image_files(client: TestClient) -> None:
+    from PIL import Image
+
+    pixels = np.random.default_rng(2).integers(0, 256, size=(3, 4, 4))
+    files = []
+    for i, px in enumerate(pixels):
+        buf = io.BytesIO()
+        Image.fromarray(px.astype(np.uint8)).save(buf, format="PNG")
+        files.append(("files", (f"img{i}.png", buf.getvalue(), "image/png")))
+    resp = client.post("/embed/files", files=files, data={"encoding": "float32"})
+    assert resp.status_code == 200, resp.text
+    got = np.asarray(resp.json()["embeddings"], dtype=np.float32)
+    w_enc, _ = toy_weights(SHAPE, LATENT)
+    np.testing.assert_allclose(got, toy_encode(pixels[:, None] / 255.0, w_enc), atol=1e-5)
+    bad = client.post("/embed/files", files=[("files", ("x.png", b"not a png", "image/png"))])
+    assert bad.status_code == 400 and "item 0" in _error(bad)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "phrase"),
+    [
+        ({"data": {"files": "{}", "encoding": "float32"}}, "field 'files'"),
+        ({"files": [("encoding", ("e.txt", b"x", "text/plain"))]}, "field 'files'"),
+        (
+            {
+                "content": b"\x00garbage",
+                "headers": {"content-type": "multipart/form-data; boundary=zz"},
+            },
+            "multipart",
+        ),
+        (
+            {"files": [("files", ("a.png", b"\x89PNG", "image/png"))], "data": {"encoding": "gif"}},
+            "unknown encoding",
+        ),
+    ],
+)
+def test_embed_files_malformed_forms_are_400(client: TestClient, kwargs, phrase) -> None:
+    resp = client.post("/embed/files", **kwargs)
+    assert resp.status_code == 400, resp.text
+    assert phrase in _error(resp)
+
+
+def test_embed_files_random_bodies_never_5xx(client: TestClient) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body=st.binary(max_size=300), boundary=st.sampled_from(["zz", "", "a b"]))
+    def check(body: bytes, boundary: str) -> None:
+        headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+        resp = client.post("/embed/files", content=body, headers=headers)
+        assert resp.status_code < 500, resp.text
+
+    check()
+
+
 @pytest.mark.parametrize(
     ("encoding", "lo", "hi", "integral"),
     [
@@ -326,6 +382,8 @@ def test_api_key(monkeypatch: pytest.MonkeyPatch, bundle_dir: Path) -> None:
                 assert "API key" in resp.json()["error"]
         assert c.get("/info").status_code == 401
         assert c.get("/drift").status_code == 401
+        upload = [("files", ("a.png", b"\x89PNG", "image/png"))]
+        assert c.post("/embed/files", files=upload).status_code == 401
         good = {"Authorization": "Bearer s3cret"}
         assert c.post("/embed", json=body, headers=good).status_code == 200
         assert c.get("/info", headers=good).status_code == 200
