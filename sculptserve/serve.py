@@ -56,10 +56,16 @@ class GrpcThread:
             raise RuntimeError(f"gRPC server could not start on port {port}: {self._error}")
 
     def stop(self, grace: float = 2.0) -> None:
-        if self._thread.is_alive():
-            future = asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop)
-            future.result(timeout=grace + 5)
-            self._thread.join(timeout=grace + 5)
+        """Stop accepting calls, give in-flight ones ``grace`` seconds, end the thread."""
+        if not self._thread.is_alive():
+            return
+
+        async def shutdown() -> None:
+            await self._server.stop(grace)
+
+        # The coroutine is created on the server's own loop: grpc.aio binds to the running loop.
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(shutdown()))
+        self._thread.join(timeout=grace + 5)
 
 
 def example_calls(port: int, grpc_port: int, modality: str, shape: list[int]) -> str:
