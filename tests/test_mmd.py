@@ -514,3 +514,15 @@ def test_cuda_matches_cpu(kname, estimator):
     torch.testing.assert_close(xc.grad.cpu(), xr.grad, rtol=1e-7, atol=1e-12)
     f32 = mmd2(x.float().cuda(), y.float().cuda(), kname, estimator)
     assert float(f32) == pytest.approx(float(cpu), abs=1e-5)
+
+
+@pytest.mark.parametrize("scales", [(0.5, 1.0, 2.0), (1.0, 2.0), (0.5, 1.0, 3.0), (0.7,)])
+def test_rbf_values_equal_one_exp_per_scale(scales):
+    """The repeated-squaring fast path (and the fallback) give exactly the textbook kernel."""
+    from sculptserve.mmd import RBFKernel
+
+    d2 = np.random.default_rng(0).random((50, 40)) * 30
+    base = 1.7
+    expected = sum(np.exp(-d2 / (2 * (base * s) ** 2)) for s in scales)
+    got = RBFKernel(scales=scales)(d2, np.float64(base))
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-300)
