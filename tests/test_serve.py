@@ -31,7 +31,8 @@ def test_grpc_thread_serves_the_shared_app_and_stops(tmp_path):
         assert rpc.SculptStub(channel).GetInfo(pb.GetInfoRequest()).latent_dim == 3
     thread.stop()
     assert not thread._thread.is_alive()
-    with socket.socket() as s:  # the port is free again
+    with socket.socket() as s:  # nothing listens there any more
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT from our client
         s.bind(("127.0.0.1", port))
     app.close()
 
