@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 import numpy as np
 
 from sculptserve import __version__
+from sculptserve.evaluation import EVAL_KEYS
 from sculptserve.files import load_npy, save_npy
 from sculptserve.lps import REGRESSORS
 from sculptserve.mmd import KERNELS
@@ -328,6 +330,181 @@ def export_command(
     click.echo(f"bundle written to {bundle}")
     if to_bentoml:
         click.echo(f"imported into the BentoML model store as {import_to_bentoml(bundle)}")
+
+
+@cli.command("eval")
+@click.argument("target")
+@click.option(
+    "--data",
+    help="Score on all rows of this dataset or path instead of the held-out "
+    "split (runs and bundles).",
+)
+@click.option(
+    "--factors",
+    type=npy_path,
+    help="Ground-truth factor codes (n x K integers) "
+    "for an .npy of embeddings: enables MIG, DCI, SAP and the FactorVAE score.",
+)
+@click.option(
+    "--prior",
+    "prior_spec",
+    help="Prior SPEC to compare with (default: the model's; N(0, I) for a bare .npy).",
+)
+@click.option(
+    "--regressor",
+    "regressors",
+    type=click.Choice(list(REGRESSORS)),
+    multiple=True,
+    help="LPS variants to compute (repeatable; default all: linear, lgbm, mlp).",
+)
+@click.option(
+    "--n-train",
+    type=click.IntRange(min=10),
+    default=10_000,
+    show_default=True,
+    help="Training points of the supervised metrics.",
+)
+@click.option(
+    "--n-test",
+    type=click.IntRange(min=10),
+    default=5_000,
+    show_default=True,
+    help="Test points of the supervised metrics.",
+)
+@click.option(
+    "--lps-samples",
+    type=click.IntRange(min=10),
+    default=10_000,
+    show_default=True,
+    help="Rows LPS is scored on (80/20 split).",
+)
+@click.option(
+    "--kernel",
+    type=click.Choice(sorted(KERNELS)),
+    default="rbf",
+    show_default=True,
+    help="Kernel of the MMD^2 to the prior.",
+)
+@click.option(
+    "--mmd-samples",
+    type=click.IntRange(min=10),
+    default=2_000,
+    show_default=True,
+    help="Rows (and as many prior samples) of the MMD^2 to the prior.",
+)
+@click.option("--permutations", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of row sampling and splits.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="eval.json path (default: in a run "
+    "dir; beside a bundle or .npy as NAME.eval.json). eval.md goes beside it.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Also print eval.json on stdout.")
+def eval_command(
+    target: str,
+    data: str | None,
+    factors: str | None,
+    prior_spec: str | None,
+    regressors: tuple[str, ...],
+    n_train: int,
+    n_test: int,
+    lps_samples: int,
+    kernel: str,
+    mmd_samples: int,
+    permutations: int,
+    seed: int,
+    batch_size: int,
+    out: str | None,
+    as_json: bool,
+) -> None:
+    """Score TARGET: a run dir, a bundle (folder or sculpt-NAME[:VERSION]) or an .npy of
+    embeddings. Writes eval.json and a short eval.md.
+
+    \b
+    Unsupervised: LPS (linear, lgbm, mlp), Gaussian total correlation, covariance ratio,
+      MMD^2 to the prior with its permutation p-value, max per-dimension KS to the prior,
+      NMSE in dB (runs and bundles).
+    Supervised, where the data has ground-truth factors (shapes; labels count as one factor):
+      MIG, DCI disentanglement / completeness / informativeness, SAP, FactorVAE score.
+    Runs and bundles are scored on a seeded sample of their held-out split (encoder means).
+    """
+    from sculptserve.eval_sources import EvalRequest, default_output, load_eval_inputs
+    from sculptserve.evaluation import EvalConfig, evaluate, render_report
+
+    config = EvalConfig(
+        seed=seed,
+        regressors=regressors or tuple(REGRESSORS),
+        lps_samples=lps_samples,
+        kernel=kernel,
+        mmd_samples=mmd_samples,
+        n_permutations=permutations,
+        n_train=n_train,
+        n_test=n_test,
+    )
+    request = EvalRequest(
+        target,
+        config,
+        data=data,
+        factors=factors,
+        prior=prior_spec,
+        batch_size=batch_size,
+        progress=not as_json,
+    )
+    kind, inputs = load_eval_inputs(request)
+    result = evaluate(inputs, config, log=lambda line: click.echo(line, err=True))
+    path = Path(out) if out else default_output(target, kind)
+    write_text(path, json.dumps(result, indent=2, allow_nan=False) + "\n")
+    write_text(path.with_suffix(".md"), render_report(result))
+    if as_json:
+        print_json(result)
+        return
+    print_table(
+        f"Evaluation of {target} ({kind}, {result['n']} rows)",
+        ("metric", "value"),
+        [(key, "n/a" if result[key] is None else float(result[key])) for key in EVAL_KEYS],
+        f"written to {path} and {path.with_suffix('.md')}",
+    )
+
+
+@cli.command("embed")
+@click.argument("bundle")
+@click.argument("data")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npy.")
+@click.option(
+    "--encoding",
+    type=click.Choice(["float32", "float16", "uint8", "int8"]),
+    default="float32",
+    show_default=True,
+    help="float16, or uint8/int8 codes quantized through the prior's CDF (as the service).",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+def embed_command(bundle: str, data: str, out: str, encoding: str, batch_size: int) -> None:
+    """Embed every row of DATA (a dataset name or a path, prepared as at training) with
+    BUNDLE's encoder in ONNX Runtime, into an .npy (rows in DATA's order). No torch."""
+    from sculptserve.bundle import load_bundle
+    from sculptserve.codec import encode_embeddings
+    from sculptserve.offline import bundle_data_description, embed_rows, model_dataset
+    from sculptserve.runtime import EmbeddingRuntime
+
+    loaded = load_bundle(bundle)
+    runtime = EmbeddingRuntime(loaded)
+    dataset = model_dataset(bundle_data_description(loaded), data)
+    rows = np.arange(len(dataset), dtype=np.int64)
+    embedded = embed_rows(dataset, rows, runtime.encode, batch_size=batch_size, progress=True)
+    codes = encode_embeddings(embedded.embeddings, runtime.prior, encoding)
+    save_npy(out, codes)
+    click.echo(f"wrote {codes.shape[0]} x {codes.shape[1]} {encoding} embeddings to {out}")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write atomically, so an interrupted run never leaves half a file."""
+    from sculptserve.files import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 @cli.command("inspect")
