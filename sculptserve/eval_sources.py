@@ -28,7 +28,6 @@ from sculptserve.evaluation import EvalConfig, EvalInputs
 from sculptserve.files import load_npy
 from sculptserve.offline import Batch, embed_rows, model_dataset, sample_rows
 from sculptserve.priors import Prior, parse_prior
-from training.data.base import check_factors
 
 
 @dataclass(frozen=True)
@@ -166,6 +165,8 @@ def _load_embeddings(request: EvalRequest) -> EvalInputs:
         raise ValueError(f"{request.target}: embeddings must be (n, d), got shape {z.shape}")
     factors = names = None
     if request.factors is not None:
+        from training.data.base import check_factors
+
         factors, names, _ = check_factors(
             load_npy(request.factors), len(z), f"--factors {request.factors}"
         )

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sculptserve.bundle import Bundle
-from training.data import Dataset, dataset_from_description
+
+if TYPE_CHECKING:  # training.data is imported where used: sculptserve's modules load without it
+    from training.data import Dataset
 
 Batch = Callable[[np.ndarray], np.ndarray]
 
@@ -53,6 +55,8 @@ def bundle_data_description(bundle: Bundle) -> dict[str, Any]:
 def model_dataset(description: dict[str, Any], data: str | None = None) -> Dataset:
     """The held-out split a model was validated on, or all rows of ``data`` (a registered
     dataset name or a path) prepared the same way (same normalization and input shape)."""
+    from training.data import dataset_from_description
+
     if data is None:
         return dataset_from_description(description, split="val")
     return dataset_from_description(description, source=data)
