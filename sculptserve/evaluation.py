@@ -192,6 +192,11 @@ def _supervised(inputs: EvalInputs, config: EvalConfig, scores: Scores) -> None:
         z[train], f[train], z[test], f[test], seed=config.seed, n_jobs=config.n_jobs
     )
     scores.values.update({key: values[key] for key in SUPERVISED_KEYS})
+    if f.shape[1] == 1:
+        # With one factor every latent can only be "about" it: DCI-D and FactorVAE are 1 by
+        # construction and say nothing. MIG, SAP, DCI-C and -I still compare latents.
+        scores.values.update(dci_disentanglement=None, factorvae_score=None)
+        scores.notes.append("dci_disentanglement, factorvae_score: trivially 1 with one factor")
 
 
 def _metric_plan(

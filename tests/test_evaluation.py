@@ -251,3 +251,13 @@ def test_cli_embed_matches_the_runtime(shapes_bundle, tmp_path):
     runtime = EmbeddingRuntime(load_bundle(shapes_bundle))
     x = load_dataset(str(tmp_path / "images.npy"), split="all").get_batch(np.arange(20))
     np.testing.assert_allclose(np.load(out), runtime.encode(x), atol=1e-6)
+
+
+def test_a_single_factor_leaves_out_the_scores_it_makes_trivial():
+    rng = np.random.default_rng(9)
+    labels = rng.integers(0, 4, size=(1500, 1))
+    z = np.hstack([labels + 0.1 * rng.normal(size=(1500, 1)), rng.normal(size=(1500, 2))])
+    result = evaluate(gaussian_inputs(z, factors=labels, factor_names=("label",)), SMALL)
+    assert result["dci_disentanglement"] is None and result["factorvae_score"] is None
+    assert result["mig"] > 0.8 and result["dci_informativeness"] > 0.95
+    assert any("trivially 1 with one factor" in note for note in result["notes"])

@@ -1,0 +1,258 @@
+"""benchmarks/STUDY.md from the study's records (pure: records in, markdown out).
+
+A record is what ``study.run_experiment`` returns: the experiment's fields (name, group,
+dataset, method, seed, options), ``eval`` (the eval.json numbers), ``extra`` and timings.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+MAIN_COLUMNS = (
+    ("LPS-lgbm", "lps_lgbm"),
+    ("LPS-mlp", "lps_mlp"),
+    ("LPS-linear", "lps_linear"),
+    ("NMSE dB", "nmse_db"),
+    ("MMD^2 to prior", "mmd2"),
+)
+SUPERVISED_COLUMNS = (
+    ("MIG", "mig"),
+    ("DCI-D", "dci_disentanglement"),
+    ("DCI-C", "dci_completeness"),
+    ("DCI-I", "dci_informativeness"),
+    ("SAP", "sap"),
+    ("FactorVAE", "factorvae_score"),
+)
+# The paper's headline, as issue 4 states it.
+GOAL_MMD_LPS = 0.1
+GOAL_BETA_VAE_LPS = 0.3
+GOAL_NMSE_GAP_DB = 1.0
+
+
+def values(records: Iterable[dict[str, Any]], key: str) -> list[float]:
+    """The non-null values of ``key`` over ``records``."""
+    return [r["eval"][key] for r in records if r["eval"].get(key) is not None]
+
+
+def mean_std(xs: Sequence[float]) -> str:
+    if not xs:
+        return "n/a"
+    if len(xs) == 1:
+        return f"{xs[0]:.3f}"
+    return f"{np.mean(xs):.3f} ± {np.std(xs, ddof=1):.3f}"
+
+
+def by_method(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        grouped[r["method"]].append(r)
+    return grouped
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def main_table(records: list[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> list[str]:
+    rows = [
+        [method, str(len(rs)), *(mean_std(values(rs, key)) for _, key in columns)]
+        for method, rs in by_method(records).items()
+    ]
+    return table(["model", "seeds", *(title for title, _ in columns)], rows)
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    from scipy import stats
+
+    result = stats.spearmanr(a, b)
+    return float(result.statistic), float(result.pvalue)
+
+
+def rank_correlations(records: list[dict[str, Any]]) -> list[str]:
+    """Spearman rho between the unsupervised and supervised scores over models with both."""
+    lines = []
+    rows = []
+    for lps in ("lps_lgbm", "lps_mlp", "lps_linear"):
+        for sup in ("mig", "dci_disentanglement", "sap", "factorvae_score"):
+            pairs = [
+                (r["eval"][lps], r["eval"][sup])
+                for r in records
+                if r["eval"].get(lps) is not None and r["eval"].get(sup) is not None
+            ]
+            if len(pairs) < 3:
+                continue
+            rho, p = spearman(*zip(*pairs, strict=True))
+            rows.append([lps, sup, str(len(pairs)), f"{rho:+.2f}", f"{p:.2g}"])
+    lines += table(["unsupervised", "supervised", "models", "Spearman rho", "p"], rows)
+    return lines
+
+
+def headline(main: list[dict[str, Any]]) -> list[str]:
+    """The goal check: mmd LPS-lgbm <= 0.1 and beta-vae >= 0.3, NMSE within 1 dB of ae."""
+    lines = []
+    for dataset in sorted({r["dataset"] for r in main}):
+        groups = by_method(r for r in main if r["dataset"] == dataset)
+
+        def mean(method: str, key: str, groups: dict = groups) -> float:
+            xs = values(groups.get(method, []), key)
+            return float(np.mean(xs)) if xs else float("nan")
+
+        beta = mean("beta-vae", "lps_lgbm")
+        ae_nmse = mean("ae", "nmse_db")
+        for method in ("mmd-rbf", "mmd-imq"):
+            lps, nmse = mean(method, "lps_lgbm"), mean(method, "nmse_db")
+            ok_lps = lps <= GOAL_MMD_LPS
+            ok_beta = beta >= GOAL_BETA_VAE_LPS
+            ok_nmse = abs(nmse - ae_nmse) <= GOAL_NMSE_GAP_DB
+            verdict = "met" if ok_lps and ok_beta and ok_nmse else "not met"
+            lines.append(
+                f"- {dataset}, {method}: LPS-lgbm {lps:.3f} ({'<=' if ok_lps else '>'} "
+                f"{GOAL_MMD_LPS}), beta-vae {beta:.3f} ({'>=' if ok_beta else '<'} "
+                f"{GOAL_BETA_VAE_LPS}), NMSE {nmse:.2f} dB vs ae {ae_nmse:.2f} dB "
+                f"(gap {abs(nmse - ae_nmse):.2f} dB): goal **{verdict}**"
+            )
+    return lines
+
+
+def prior_table(records: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for r in records:
+        ks = r["eval"].get("per_dim", {}).get("ks", [])
+        prior_name = r["name"].split("/")[1]
+        rows.append(
+            [
+                prior_name,
+                r["options"]["kernel"],
+                ", ".join(f"{v:.2f}" for v in ks) or "n/a",
+                mean_std(values([r], "ks_max")),
+                mean_std(values([r], "mmd2")),
+                mean_std(values([r], "nmse_db")),
+                mean_std(values([r], "lps_lgbm")),
+            ]
+        )
+    return table(["target", "kernel", "KS per dim", "KS max", "MMD^2", "NMSE dB", "LPS-lgbm"], rows)
+
+
+def alignment_table(aligned: list[dict[str, Any]], plain: list[dict[str, Any]]) -> list[str]:
+    columns = (*SUPERVISED_COLUMNS, ("LPS-lgbm", "lps_lgbm"), ("NMSE dB", "nmse_db"))
+    rows = [
+        [name, str(len(rs)), *(mean_std(values(rs, key)) for _, key in columns)]
+        for name, rs in (("aligned (5 factors)", aligned), ("not aligned (mmd-rbf)", plain))
+    ]
+    return table(["model", "seeds", *(t for t, _ in columns)], rows)
+
+
+def copy_lines(copy: dict[str, Any], source: dict[str, Any] | None) -> list[str]:
+    extra, ev = copy["extra"], copy["eval"]
+    lines = [
+        f"- copy vs its bank: KS max {ev.get('ks_max'):.3f}, MMD^2 {ev.get('mmd2'):.4f} "
+        f"(p = {ev.get('mmd2_pvalue'):.3g}); max |corr(copy) - corr(bank)| "
+        f"{extra.get('max_abs_corr_diff', float('nan')):.3f} with the bank's largest "
+        f"off-diagonal |corr| {extra.get('bank_max_abs_offdiag_corr', float('nan')):.3f}",
+        f"- LPS-linear: bank {extra.get('bank_lps_linear', float('nan')):.3f}, copy "
+        f"{ev.get('lps_linear', float('nan')):.3f}",
+    ]
+    if source is not None:
+        lines.append(
+            f"- most informative factor per latent dim: source "
+            f"{source['extra'].get('top_factor_per_dim')}, copy "
+            f"{copy['extra'].get('top_factor_per_dim')} (factor order: shape, scale, "
+            "orientation, posX, posY)"
+        )
+        lines.append(
+            f"- MIG: source {source['eval'].get('mig', float('nan')):.3f}, copy "
+            f"{ev.get('mig', float('nan')):.3f}"
+        )
+    return lines
+
+
+def render_study(all_records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    failed = [r for r in all_records if "error" in r]
+    records = [r for r in all_records if "error" not in r]
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[r["group"]].append(r)
+    main = groups["main"]
+    out = [
+        "# Reproduction study: does sculpting the prior deliver independence?",
+        "",
+        f"Command: `{meta['command']}` (jobs {meta['jobs']}), {meta['wall_minutes']} min wall.",
+        f"Machine: {meta['machine']}.",
+        "",
+        "Generated by benchmarks/study.py (raw records: "
+        f"benchmarks/study-{meta['size']['name']}.json). Sizes: "
+        + "; ".join(
+            f"{name}: latent {d['latent_dim']}, width {d['width']}, batch {d['batch_size']}, "
+            f"{d['max_steps']} steps, lr {d['lr']}"
+            + (f", images {d['image_size']}px" if d.get("image_size") else "")
+            for name, d in meta["size"]["data"].items()
+        )
+        + f". Eval: {meta['size']['eval']}.",
+        "",
+        "## Headline (issue goal: mmd LPS-lgbm <= 0.1, beta-vae >= 0.3, NMSE within 1 dB of ae)",
+        "",
+        *headline(main),
+    ]
+    for dataset in sorted({r["dataset"] for r in main}):
+        rs = [r for r in main if r["dataset"] == dataset]
+        out += ["", f"## {dataset}: the paper's table (mean ± std over seeds)", ""]
+        out += main_table(rs, MAIN_COLUMNS)
+        if any(r["eval"].get("mig") is not None for r in rs):
+            names = {tuple(r["eval"].get("factor_names") or ()) for r in rs}
+            only_label = " (one factor: the class label)" if names == {("label",)} else ""
+            out += ["", f"Supervised metrics on {dataset}{only_label}:", ""]
+            out += main_table(rs, SUPERVISED_COLUMNS)
+    shapes_models = [r for r in records if r["dataset"] == "shapes"]
+    out += [
+        "",
+        "## Does LPS track supervised disentanglement? (all shapes models)",
+        "",
+        "Spearman rank correlation over every trained shapes model (main, prior, alignment and "
+        "copy groups). Lower LPS is better and higher MIG/DCI is better, so agreement shows as "
+        "a negative rho.",
+        "",
+        *rank_correlations(shapes_models),
+    ]
+    if groups["prior"]:
+        out += [
+            "",
+            "## Prior study (shapes, mmd): KS distance of each latent dim to its target marginal",
+            "",
+            *prior_table(groups["prior"]),
+        ]
+    if groups["align"]:
+        plain = [r for r in main if r["dataset"] == "shapes" and r["method"] == "mmd-rbf"]
+        out += ["", "## Alignment (shapes): every factor tied to one latent vs none", ""]
+        out += alignment_table(groups["align"], plain)
+        out += [
+            "",
+            "Most informative factor per latent (aligned runs; alignment asks for 0,1,2,3,4): "
+            + "; ".join(str(r["extra"].get("top_factor_per_dim")) for r in groups["align"]),
+        ]
+    if groups["copy"]:
+        names = {r["name"]: r for r in records}
+        out += ["", "## Latent copying (shapes): an empirical prior from another model", ""]
+        for copy in groups["copy"]:
+            source = names.get(copy.get("depends_on") or "")
+            out.append(f"{copy['name']}, bank: latents of {copy.get('depends_on')}:")
+            out.append("")
+            out += copy_lines(copy, source)
+    if failed:
+        out += ["", "## Failed runs (left out of every table above)", ""]
+        out += [f"- {r['name']}: {r['error']}" for r in failed]
+    out += [
+        "",
+        "## Timing",
+        "",
+        f"Training + scoring per model: median {np.median([r['total_s'] for r in records]):.0f} s"
+        f" (max {max(r['total_s'] for r in records):.0f} s) over {len(records)} models.",
+    ]
+    return "\n".join(out) + "\n"
