@@ -53,6 +53,20 @@ def print_table(title: str, columns: tuple[str, ...], rows: list[tuple], footer:
 
 
 npy_path = click.Path(exists=True, dir_okay=False)
+kernel_option = click.option(
+    "--kernel",
+    type=click.Choice(sorted(KERNELS)),
+    default="rbf",
+    show_default=True,
+    help="MMD kernel: multi-scale RBF (median heuristic) or IMQ.",
+)
+permutations_option = click.option(
+    "--permutations",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Permutations for the p-value, (1 + #null >= observed) / (1 + B).",
+)
 
 
 @click.group(cls=SculptGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -123,14 +137,8 @@ def lps_command(
 @click.argument("embeddings", type=npy_path)
 @click.option("--prior", "prior_spec", help="Compare with samples of this prior (SPEC).")
 @click.option("--against", type=npy_path, help="Compare with the rows of another .npy.")
-@click.option("--kernel", type=click.Choice(sorted(KERNELS)), default="rbf", show_default=True)
-@click.option(
-    "--permutations",
-    type=click.IntRange(min=1),
-    default=500,
-    show_default=True,
-    help="Permutations for the p-value, (1 + #null >= observed) / (1 + B).",
-)
+@kernel_option
+@permutations_option
 @click.option(
     "--max-samples",
     type=click.IntRange(min=2),
@@ -378,13 +386,7 @@ def export_command(
     show_default=True,
     help="Rows LPS is scored on (80/20 split).",
 )
-@click.option(
-    "--kernel",
-    type=click.Choice(sorted(KERNELS)),
-    default="rbf",
-    show_default=True,
-    help="Kernel of the MMD^2 to the prior.",
-)
+@kernel_option
 @click.option(
     "--mmd-samples",
     type=click.IntRange(min=10),
@@ -392,7 +394,7 @@ def export_command(
     show_default=True,
     help="Rows (and as many prior samples) of the MMD^2 to the prior.",
 )
-@click.option("--permutations", type=click.IntRange(min=1), default=500, show_default=True)
+@permutations_option
 @click.option("--seed", default=0, show_default=True, help="Seed of row sampling and splits.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option(

@@ -20,8 +20,7 @@ from sculptserve.offline import model_dataset, sample_rows
 from sculptserve.priors import parse_prior
 from sculptserve.runtime import EmbeddingRuntime
 from training.checkpoint import load_trained_model
-from training.config import TrainConfig
-from training.trainer import encode_decode, train
+from training.trainer import encode_decode
 
 # Small but statistically meaningful sizes, so the file runs in well under a minute.
 SMALL = EvalConfig(
@@ -136,13 +135,8 @@ def test_mismatched_inputs_are_errors():
 
 
 @pytest.fixture(scope="module")
-def shapes_run(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("runs") / "run"
-    config = TrainConfig(
-        out=str(run), latent_dim=3, batch_size=32, max_steps=20, width=8, val_size=128, report=False
-    )
-    train(config, progress=False)
-    return run
+def shapes_run(tiny_shapes_run) -> Path:
+    return tiny_shapes_run
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +167,7 @@ def test_run_and_its_bundle_give_the_same_numbers(shapes_run, shapes_bundle):
     x, _, recon = encode_decode(model, held_out, rows, torch.device("cpu"))
     assert run_inputs.nmse_db == pytest.approx(nmse_db(x, recon), abs=1e-6)
     result = evaluate(bundle_inputs, TINY)
-    assert result["n"] == 400 and result["latent_dim"] == 3
+    assert result["n"] == 400 and result["latent_dim"] == 4
     assert result["nmse_db"] == pytest.approx(bundle_inputs.nmse_db)
     assert all(result[key] is not None for key in ("mig", "sap", "dci_informativeness"))
 
@@ -245,7 +239,7 @@ def test_cli_embed_matches_the_runtime(shapes_bundle, tmp_path):
     result = CliRunner().invoke(cli, [*args, "--encoding", "uint8"])
     assert result.exit_code == 0, result.output
     codes = np.load(out)
-    assert codes.shape == (20, 3) and codes.dtype == np.uint8
+    assert codes.shape == (20, 4) and codes.dtype == np.uint8
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     runtime = EmbeddingRuntime(load_bundle(shapes_bundle))

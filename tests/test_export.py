@@ -25,13 +25,8 @@ FAST = ExportOptions(n_reference=256, window=64, n_resamples=50)
 
 
 @pytest.fixture(scope="module")
-def shapes_run(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("runs") / "shapes-run"
-    config = TrainConfig(
-        out=str(run), latent_dim=4, batch_size=32, max_steps=30, width=8, val_size=256, report=False
-    )
-    train(config, progress=False)
-    return run
+def shapes_run(tiny_shapes_run) -> Path:
+    return tiny_shapes_run
 
 
 @pytest.fixture(scope="module")
