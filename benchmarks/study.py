@@ -187,6 +187,17 @@ def copy_statistics(copy: np.ndarray, bank: np.ndarray) -> dict[str, float]:
     }
 
 
+def ks_to_matched_gaussian(z: np.ndarray, prior: Any) -> list[float]:
+    """Per-dimension KS distance to a gaussian with the target's mean and variance: the shape
+    an RBF-MMD fit may settle for instead of the target (the paper's uniform collapse)."""
+    from scipy import stats
+
+    from sculptserve.metrics import ks_statistics
+
+    cdf = stats.norm.cdf(z, loc=prior.mean(), scale=np.sqrt(prior.var()))
+    return [float(v) for v in ks_statistics(cdf)]
+
+
 def top_factor_per_dim(z: np.ndarray, factors: np.ndarray) -> list[int]:
     """For each latent, the factor it shares the most normalized mutual information with."""
     from sculptserve.disentanglement import discretize, entropy_nats, mutual_information_nats
@@ -227,6 +238,8 @@ def run_experiment(exp: Experiment, size: Size, out: Path, device: str) -> dict[
     extra: dict[str, Any] = {}
     if inputs.factors is not None:
         extra["top_factor_per_dim"] = top_factor_per_dim(inputs.embeddings, inputs.factors)
+    if exp.group == "prior":
+        extra["ks_matched_gaussian"] = ks_to_matched_gaussian(inputs.embeddings, inputs.prior)
     if "copy_from" in exp.options:
         bank = np.load(out / exp.options["copy_from"] / "val_latents.npy")
         extra.update(copy_statistics(inputs.embeddings, bank))
