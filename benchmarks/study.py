@@ -17,7 +17,8 @@ Trains every model of the comparison with ``training.trainer.train`` and scores 
 - latent copying: an ``empirical`` prior made from another model's latents.
 
 Runs go to ``--out`` (default ``study-runs/SIZE``); a finished run (its eval.json) is reused, so
-an interrupted study resumes. Raw records go to benchmarks/study-SIZE.json.
+an interrupted study resumes. Raw records go to benchmarks/study-SIZE.json; `--render-only`
+rewrites STUDY.md from them, with the hand-written benchmarks/study-reading.md if present.
 """
 
 from __future__ import annotations
@@ -317,6 +318,12 @@ def run_all(
     return [records[e.name] for e in plan]
 
 
+def read_reading(md: Path) -> str | None:
+    """The hand-written reading of the results (study-reading.md beside STUDY.md), if any."""
+    path = md.with_name("study-reading.md")
+    return path.read_text() if path.exists() else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group(required=True)
@@ -328,7 +335,15 @@ def main() -> None:
     parser.add_argument("--md", type=Path, default=ROOT / "benchmarks" / "STUDY.md")
     parser.add_argument("--seeds", type=int, help="fewer seeds (smoke runs only)")
     parser.add_argument("--max-steps", type=int, help="override the step budget (smoke runs)")
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite --md from study-SIZE.json, no runs"
+    )
     args = parser.parse_args()
+    if args.render_only:
+        saved = json.loads(args.md.with_name(f"study-{args.size}.json").read_text())
+        args.md.write_text(render_study(saved["records"], saved["meta"], read_reading(args.md)))
+        print(f"rewrote {args.md}")
+        return
 
     size = SIZES[args.size]
     if args.seeds is not None:
@@ -355,7 +370,7 @@ def main() -> None:
     }  # fmt: skip
     raw = args.md.with_name(f"study-{size.name}.json")
     raw.write_text(json.dumps({"meta": meta, "records": records}, indent=1) + "\n")
-    args.md.write_text(render_study(records, meta))
+    args.md.write_text(render_study(records, meta, read_reading(args.md)))
     print(f"{len(records)} models in {wall / 60:.1f} min; wrote {args.md} and {raw}")
 
 

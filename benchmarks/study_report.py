@@ -132,21 +132,23 @@ def prior_table(records: list[dict[str, Any]]) -> list[str]:
     for r in records:
         ks = r["eval"].get("per_dim", {}).get("ks", [])
         ks_gauss = r["extra"].get("ks_matched_gaussian", [])
-        closer = sum(t < g for t, g in zip(ks, ks_gauss, strict=False))
+        # Dims whose target is itself that gaussian (a tie) say nothing and are not counted.
+        differ = [(t, g) for t, g in zip(ks, ks_gauss, strict=False) if abs(t - g) > 1e-9]
+        closer = f"{sum(t < g for t, g in differ)}/{len(differ)}" if differ else "(gaussian)"
         rows.append(
             [
                 r["name"].split("/")[1],
                 r["options"]["kernel"],
                 ", ".join(f"{v:.2f}" for v in ks) or "n/a",
                 ", ".join(f"{v:.2f}" for v in ks_gauss) or "n/a",
-                f"{closer}/{len(ks)}" if ks_gauss else "n/a",
+                closer if ks_gauss else "n/a",
                 mean_std(values([r], "mmd2")),
                 mean_std(values([r], "nmse_db")),
                 mean_std(values([r], "lps_lgbm")),
             ]
         )
     header = ["target", "kernel", "KS to target, per dim", "KS to moment-matched gaussian"]
-    header += ["dims closer to target", "MMD^2", "NMSE dB", "LPS-lgbm"]
+    header += ["non-gaussian dims closer to target", "MMD^2", "NMSE dB", "LPS-lgbm"]
     return table(header, rows)
 
 
@@ -183,7 +185,10 @@ def copy_lines(copy: dict[str, Any], source: dict[str, Any] | None) -> list[str]
     return lines
 
 
-def render_study(all_records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+def render_study(
+    all_records: list[dict[str, Any]], meta: dict[str, Any], reading: str | None = None
+) -> str:
+    """The whole STUDY.md; ``reading`` (hand-written interpretation) goes after the headline."""
     failed = [r for r in all_records if "error" in r]
     records = [r for r in all_records if "error" not in r]
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -210,6 +215,8 @@ def render_study(all_records: list[dict[str, Any]], meta: dict[str, Any]) -> str
         "",
         *headline(main),
     ]
+    if reading:
+        out += ["", reading.strip()]
     for dataset in sorted({r["dataset"] for r in main}):
         rs = [r for r in main if r["dataset"] == dataset]
         out += ["", f"## {dataset}: the paper's table (mean ± std over seeds)", ""]

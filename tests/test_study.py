@@ -93,6 +93,10 @@ def test_render_study_has_every_section():
     ]
     records[-1]["eval"]["per_dim"] = {"ks": [0.05, 0.1]}
     records[-1]["extra"]["ks_matched_gaussian"] = [0.08, 0.07]
+    gaussian = record("prior/gaussian/imq", "prior", "shapes", "mmd-imq", 0)
+    gaussian["eval"]["per_dim"] = {"ks": [0.05, 0.1]}
+    gaussian["extra"]["ks_matched_gaussian"] = [0.05, 0.1]  # the target is that gaussian
+    records.append(gaussian)
     broken = record("main/shapes/vae/s0", "main", "shapes", "vae", 0)
     records.append({**broken, "error": "DataError: no data", "eval": {}})
     meta = {
@@ -119,5 +123,6 @@ def test_render_study_has_every_section():
     for heading in ("## Headline", "## shapes: the paper's table", "## Does LPS track", "## Prior"):
         assert heading in text
     assert "| uniform(-5,5) | rbf | 0.05, 0.10 | 0.08, 0.07 | 1/2 |" in text
+    assert "| gaussian | rbf | 0.05, 0.10 | 0.05, 0.10 | (gaussian) |" in text
     assert "- main/shapes/vae/s0: DataError: no data" in text  # listed, kept out of the tables
     assert "| vae |" not in text
