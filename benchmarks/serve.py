@@ -1,29 +1,52 @@
 """REST /embed throughput and latency over loopback, against raw ONNX Runtime in-process.
 
-    python benchmarks/serve.py --bundle BUNDLE_DIR [--items 8] [--seconds 10]
+    python benchmarks/serve.py --bundle BUNDLE_DIR [--items 8 64] [--concurrency 1 16 64]
+        [--seconds 8] [--repeats 3] [--batching on off] [--drift on off] [--client auto]
 
-Starts `bentoml serve sculptserve.service:SculptService` on a free loopback port (HTTP only),
-twice: with the drift monitor on and off (SCULPT_DRIFT=off). For concurrency 1, 16 and 64 it
-sends /embed requests of ``--items`` inputs each (the compact raw-float32 form) for
-``--seconds`` and reports requests/s, embeddings/s, p50 and p99 latency. The raw baseline
-runs the same batches through the bundle's encoder with ONNX Runtime in this process, from as
-many threads as the concurrency. Prints markdown tables for benchmarks/RESULTS.md.
+Starts one `bentoml serve sculptserve.service:SculptService` (HTTP only, one worker) per
+configuration: cross-request batching on/off (SCULPT_BATCH) x drift monitor on/off
+(SCULPT_DRIFT). Each cell sends /embed requests of ``--items`` inputs (the compact
+raw-float32 form) at a fixed concurrency for ``--seconds``; cells are interleaved across
+configurations and repeated ``--repeats`` times, and the tables show medians of the repeats
+(the machine may be shared: the load average is printed with the results).
+
+Load generator: ``wrk`` (C, one thread, a Lua script posting a fixed body) when it is on
+PATH, so the client takes little of the CPU the server needs; otherwise an httpx asyncio
+client in this process (slower: it competes with the server for the cores).
+
+Columns: req/s, emb/s, p50/p99 latency; server CPU ms per request (user + system CPU time of
+the server's processes over the cell, divided by its requests: much less sensitive to other
+load on the machine than latency); rows per ONNX Runtime call (from /info's batching
+counters); raw ORT emb/s: the same ``--items`` batch through the bundle's encoder in this
+process (``EmbeddingRuntime`` with the service's defaults) from min(concurrency, CPUs)
+threads, measured right after the cell; ratio = served emb/s / that raw rate; best-raw ratio =
+served emb/s / the best raw rate of any concurrency for that ``--items`` (the raw rate of one
+cell can be depressed by other load on a shared machine, which flatters its ratio); CPU
+efficiency = ONNX Runtime's own CPU time per embedding (in the raw runs) / the server's CPU
+time per embedding: the share of the server's work that is the model, nearly independent of
+other load.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import random
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
@@ -33,7 +56,37 @@ from sculptserve.codec import raw_items
 from sculptserve.runtime import EmbeddingRuntime
 from sculptserve.serve import bentoml_serve_command
 
-CONCURRENCY = (1, 16, 64)
+# wrk's Lua hooks: post the body in $WRK_BODY; print one JSON line with the counts.
+WRK_SCRIPT = r"""
+local f = assert(io.open(os.getenv("WRK_BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'RESULT {"requests": %d, "duration_us": %d, "non2xx": %d, "socket_errors": %d, ' ..
+    '"p50_us": %d, "p99_us": %d}\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+@dataclass(frozen=True)
+class Cell:
+    requests: int
+    seconds: float
+    p50_s: float
+    p99_s: float
+    cpu_s: float  # server processes' CPU time over the cell
+    rows_per_call: float | None  # rows per ONNX Runtime call for /embed (batching on only)
+    load: float  # 1-minute load average at the end of the cell
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
 
 
 def free_port() -> int:
@@ -42,41 +95,118 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def payload(x: np.ndarray) -> dict:
-    return {"inputs": raw_items(x), "encoding": "float32"}
+class Server:
+    """One `bentoml serve` of the bundle with the given switches."""
 
+    def __init__(self, bundle: str, batching: bool, drift: bool) -> None:
+        self.batching, self.drift = batching, drift
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "SCULPT_BUNDLE": bundle,
+            "SCULPT_DRIFT": "on" if drift else "off",
+            "SCULPT_BATCH": "on" if batching else "off",
+        }
+        env.pop("SCULPT_GRPC_PORT", None)
+        self.proc = subprocess.Popen(
+            bentoml_serve_command(self.port, "127.0.0.1"),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("the server did not become ready within 180 s")
 
-def start_server(bundle: str, port: int, drift: bool) -> subprocess.Popen:
-    env = {**os.environ, "SCULPT_BUNDLE": bundle, "SCULPT_DRIFT": "on" if drift else "off"}
-    env.pop("SCULPT_GRPC_PORT", None)
-    proc = subprocess.Popen(
-        bentoml_serve_command(port, "127.0.0.1"),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline:
+    @property
+    def name(self) -> str:
+        return f"batching {'on' if self.batching else 'off'}, drift {'on' if self.drift else 'off'}"
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server process and its children (the workers)."""
+        total = 0.0
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("the server did not become ready within 120 s")
+            procs = [psutil.Process(self.proc.pid)]
+            procs += procs[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            return total
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def batch_counts(self) -> tuple[int, int] | None:
+        """(ONNX Runtime calls, rows) of /embed since start, from /info; None when batching
+        is off."""
+        batching = httpx.get(f"{self.base}/info", timeout=60).json().get("batching", {})
+        if "batches" not in batching:
+            return None
+        return batching["batches"], batching["rows"]
+
+    def wait_idle(self, timeout: float = 120.0) -> None:
+        """Wait until the requests still in flight when the client stopped are done (up to
+        concurrency x request cost of CPU), so they do not run into the next cell."""
+        deadline = time.monotonic() + timeout
+        last = self.cpu_seconds()
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = self.cpu_seconds()
+            if now - last < 0.05:  # under a tenth of a core: idle
+                return
+            last = now
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
-async def load(url: str, body: dict, concurrency: int, seconds: float) -> list[float]:
+# --- load generators -----------------------------------------------------------------------
+
+
+def wrk_load(url: str, body_file: Path, script: Path, concurrency: int, seconds: float) -> dict:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "60s",
+         "-s", str(script), url],
+        env={**os.environ, "WRK_BODY": str(body_file)},
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    result = json.loads(line.removeprefix("RESULT "))
+    if result["non2xx"] or result["socket_errors"]:
+        raise RuntimeError(f"wrk saw errors against {url}: {result}")
+    return {
+        "requests": result["requests"],
+        "seconds": result["duration_us"] / 1e6,
+        "p50_s": result["p50_us"] / 1e6,
+        "p99_s": result["p99_us"] / 1e6,
+    }
+
+
+async def _httpx_load(url: str, body: bytes, concurrency: int, seconds: float) -> list[float]:
     latencies: list[float] = []
     stop = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=concurrency)
+    headers = {"content-type": "application/json"}
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
 
         async def worker() -> None:
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
-                r = await client.post(url, json=body)
+                r = await client.post(url, content=body, headers=headers)
                 r.raise_for_status()
                 latencies.append(time.perf_counter() - t0)
 
@@ -84,9 +214,28 @@ async def load(url: str, body: dict, concurrency: int, seconds: float) -> list[f
     return latencies
 
 
-def raw_ort(runtime: EmbeddingRuntime, x: np.ndarray, threads: int, seconds: float) -> float:
-    """Batches per second of the same batch through the encoder, from ``threads`` threads."""
+def httpx_load(url: str, body_file: Path, concurrency: int, seconds: float) -> dict:
+    t0 = time.perf_counter()
+    lat = np.array(asyncio.run(_httpx_load(url, body_file.read_bytes(), concurrency, seconds)))
+    return {
+        "requests": len(lat),
+        "seconds": time.perf_counter() - t0,
+        "p50_s": float(np.percentile(lat, 50)),
+        "p99_s": float(np.percentile(lat, 99)),
+    }
+
+
+# --- raw ONNX Runtime ----------------------------------------------------------------------
+
+
+def raw_ort(
+    runtime: EmbeddingRuntime, x: np.ndarray, threads: int, seconds: float
+) -> tuple[float, float]:
+    """(embeddings per second, CPU seconds per embedding) of batch ``x`` through the encoder,
+    from ``threads`` threads (nothing else runs in this process meanwhile)."""
     done = [0] * threads
+    runtime.encode(x)  # warm
+    cpu0 = time.process_time()
     stop = time.perf_counter() + seconds
 
     def work(i: int) -> None:
@@ -94,64 +243,178 @@ def raw_ort(runtime: EmbeddingRuntime, x: np.ndarray, threads: int, seconds: flo
             runtime.encode(x)
             done[i] += 1
 
+    t0 = time.perf_counter()
     pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
     for t in pool:
         t.start()
     for t in pool:
         t.join()
-    return sum(done) / seconds
+    n = sum(done) * len(x)
+    return n / (time.perf_counter() - t0), (time.process_time() - cpu0) / n
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def on_off(values: list[str]) -> list[bool]:
+    return [v == "on" for v in values]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", required=True)
-    parser.add_argument("--items", type=int, default=8, help="inputs per request")
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--items", type=int, nargs="+", default=[8, 64])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--seconds", type=float, default=8.0, help="per cell")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batching", nargs="+", choices=["on", "off"], default=["on", "off"])
+    parser.add_argument("--drift", nargs="+", choices=["on", "off"], default=["on", "off"])
+    parser.add_argument("--client", choices=["auto", "wrk", "httpx"], default="auto")
     args = parser.parse_args()
 
+    client = args.client
+    if client == "auto":
+        client = "wrk" if shutil.which("wrk") else "httpx"
     bundle = load_bundle(args.bundle)
     shape = tuple(bundle.manifest.input.shape)
-    x = np.random.default_rng(0).random((args.items, *shape), dtype=np.float32)
-    body = payload(x)
     runtime = EmbeddingRuntime(bundle)
-    print(f"machine: {describe()}")
+    cpus = len(os.sched_getaffinity(0))
+    print(f"machine: {describe()}; load average at start {os.getloadavg()[0]:.2f}")
     print(
-        f"bundle: {bundle.manifest.name} input {list(shape)}, {args.items} inputs/request, "
-        f"{args.seconds:.0f} s per cell\n"
+        f"bundle: {bundle.manifest.name} input {list(shape)}, latent {bundle.manifest.latent_dim}; "
+        f"client {client}; {args.seconds:g} s per cell, {args.repeats} repeats (medians)\n"
     )
 
-    results: dict[tuple[bool, int], tuple[float, float, float]] = {}
-    for drift in (True, False):
-        port = free_port()
-        proc = start_server(args.bundle, port, drift)
-        try:
-            url = f"http://127.0.0.1:{port}/embed"
-            asyncio.run(load(url, body, 4, 2.0))  # warm-up
-            for c in CONCURRENCY:
-                lat = np.array(asyncio.run(load(url, body, c, args.seconds)))
-                results[(drift, c)] = (
-                    len(lat) / args.seconds,
-                    np.percentile(lat, 50),
-                    np.percentile(lat, 99),
-                )
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    tmp = Path(tempfile.mkdtemp(prefix="sculpt-serve-bench-"))
+    script = tmp / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    bodies: dict[int, Path] = {}
+    batches: dict[int, np.ndarray] = {}
+    for n in args.items:
+        batches[n] = np.random.default_rng(n).random((n, *shape), dtype=np.float32)
+        bodies[n] = tmp / f"body{n}.json"
+        bodies[n].write_text(json.dumps({"inputs": raw_items(batches[n]), "encoding": "float32"}))
 
-    print("| concurrency | drift | req/s | emb/s | p50 ms | p99 ms | raw ORT emb/s | ratio |")
-    print("|---|---|---|---|---|---|---|---|")
-    for c in CONCURRENCY:
-        raw = raw_ort(runtime, x, min(c, os.cpu_count() or 1), args.seconds / 2) * args.items
-        for drift in (True, False):
-            rps, p50, p99 = results[(drift, c)]
-            print(
-                f"| {c} | {'on' if drift else 'off'} | {rps:.1f} | {rps * args.items:.0f} | "
-                f"{p50 * 1e3:.1f} | {p99 * 1e3:.1f} | {raw:.0f} | "
-                f"{rps * args.items / raw:.2f} |"
-            )
-    for c in CONCURRENCY:
-        on, off = results[(True, c)][1], results[(False, c)][1]
-        print(f"drift monitor cost at concurrency {c}: p50 {100 * (on / off - 1):+.1f}%")
+    def load(url: str, n: int, c: int, seconds: float) -> dict:
+        if client == "wrk":
+            return wrk_load(url, bodies[n], script, c, seconds)
+        return httpx_load(url, bodies[n], c, seconds)
+
+    servers = [Server(args.bundle, b, d) for b in on_off(args.batching) for d in on_off(args.drift)]
+    cells: dict[tuple[bool, bool, int, int], list[Cell]] = {}
+    raw: dict[tuple[int, int], list[tuple[float, float]]] = {}
+    try:
+        for s in servers:
+            load(f"{s.base}/embed", args.items[0], 4, 2.0)  # warm-up
+        for rep in range(args.repeats):
+            for n in args.items:
+                for c in args.concurrency:
+                    # a new order for every cell group, so no configuration always runs
+                    # first or after the same neighbour
+                    order = list(servers)
+                    random.Random(f"{rep}-{n}-{c}").shuffle(order)
+                    for s in order:
+                        b0, cpu0 = s.batch_counts(), s.cpu_seconds()
+                        r = load(f"{s.base}/embed", n, c, args.seconds)
+                        cpu1 = s.cpu_seconds()  # over the client's window only
+                        s.wait_idle()  # in-flight requests must not load the next cell
+                        b1 = s.batch_counts()
+                        per_call = None
+                        if b0 is not None and b1 is not None and b1[0] > b0[0]:
+                            per_call = (b1[1] - b0[1]) / (b1[0] - b0[0])
+                        cell = Cell(
+                            r["requests"], r["seconds"], r["p50_s"], r["p99_s"], cpu1 - cpu0,
+                            per_call, os.getloadavg()[0],
+                        )  # fmt: skip
+                        cells.setdefault((s.batching, s.drift, n, c), []).append(cell)
+                    raw.setdefault((n, c), []).append(
+                        raw_ort(runtime, batches[n], min(c, cpus), args.seconds / 2)
+                    )
+                    print(
+                        f"repeat {rep + 1}/{args.repeats} items {n} c{c} done, "
+                        f"load {os.getloadavg()[0]:.2f}",
+                        file=sys.stderr,
+                    )
+    finally:
+        for s in servers:
+            s.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    med = np.median
+    loads = [cell.load for cs in cells.values() for cell in cs]
+    print(
+        f"load average (1 min) during the cells: median {med(loads):.2f}, "
+        f"min {min(loads):.2f}, max {max(loads):.2f}\n"
+    )
+    best_raw = {
+        n: max(float(med([r[0] for r in raw[(n, c)]])) for c in args.concurrency)
+        for n in args.items
+    }
+    raw_cpu = {
+        n: float(med([r[1] for c in args.concurrency for r in raw[(n, c)]])) for n in args.items
+    }
+    print(
+        "ONNX Runtime's own CPU per embedding (raw runs, median): "
+        + ", ".join(f"{raw_cpu[n] * 1e3:.3f} ms at {n} items" for n in args.items)
+        + "\n"
+    )
+    print(
+        "| items | conc | batching | drift | req/s | emb/s | p50 ms | p99 ms | server CPU ms/req "
+        "| rows/ORT call | raw ORT emb/s | ratio | best-raw ratio | CPU efficiency |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    summary: dict[tuple[bool, bool, int, int], dict[str, float]] = {}
+    for n in args.items:
+        for c in args.concurrency:
+            raw_eps = float(med([r[0] for r in raw[(n, c)]]))
+            for b in on_off(args.batching):
+                for d in on_off(args.drift):
+                    cs = cells[(b, d, n, c)]
+                    rps = float(med([x.rps for x in cs]))
+                    row = {
+                        "rps": rps,
+                        "p50": float(med([x.p50_s for x in cs])),
+                        "p99": float(med([x.p99_s for x in cs])),
+                        "cpu": float(med([x.cpu_s / max(x.requests, 1) for x in cs])),
+                    }
+                    summary[(b, d, n, c)] = row
+                    per_call = [x.rows_per_call for x in cs if x.rows_per_call is not None]
+                    rows = f"{med(per_call):.1f}" if per_call else "-"
+                    print(
+                        f"| {n} | {c} | {'on' if b else 'off'} | {'on' if d else 'off'} "
+                        f"| {rps:.1f} | {rps * n:.0f} | {row['p50'] * 1e3:.1f} "
+                        f"| {row['p99'] * 1e3:.1f} | {row['cpu'] * 1e3:.2f} | {rows} "
+                        f"| {raw_eps:.0f} | {rps * n / raw_eps:.2f} "
+                        f"| {rps * n / best_raw[n]:.2f} | {raw_cpu[n] * n / row['cpu']:.2f} |"
+                    )
+    if len(args.drift) == 2:
+        print("\nDrift monitor cost (on vs off, medians):\n")
+        print("| items | conc | batching | p50 | req/s | server CPU/req |")
+        print("|---|---|---|---|---|---|")
+        for n in args.items:
+            for c in args.concurrency:
+                for b in on_off(args.batching):
+                    on, off = summary[(b, True, n, c)], summary[(b, False, n, c)]
+                    print(
+                        f"| {n} | {c} | {'on' if b else 'off'} "
+                        f"| {100 * (on['p50'] / off['p50'] - 1):+.1f}% "
+                        f"| {100 * (on['rps'] / off['rps'] - 1):+.1f}% "
+                        f"| {100 * (on['cpu'] / off['cpu'] - 1):+.1f}% |"
+                    )
+    if len(args.batching) == 2:
+        print("\nBatching effect (on vs off, medians):\n")
+        print("| items | conc | drift | req/s | p50 | server CPU/req |")
+        print("|---|---|---|---|---|---|")
+        for n in args.items:
+            for c in args.concurrency:
+                for d in on_off(args.drift):
+                    on, off = summary[(True, d, n, c)], summary[(False, d, n, c)]
+                    print(
+                        f"| {n} | {c} | {'on' if d else 'off'} "
+                        f"| {100 * (on['rps'] / off['rps'] - 1):+.1f}% "
+                        f"| {100 * (on['p50'] / off['p50'] - 1):+.1f}% "
+                        f"| {100 * (on['cpu'] / off['cpu'] - 1):+.1f}% |"
+                    )
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ plain JSON-able dicts; every client mistake is a :class:`~sculptserve.codec.Payl
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from sculptserve.batching import BatchConfig, MicroBatcher
 from sculptserve.bundle import Bundle, load_bundle, summarize
 from sculptserve.codec import (
     ENCODINGS,
@@ -71,6 +73,19 @@ def check_finite(values: np.ndarray, what: str) -> None:
         )
 
 
+def _encoder_of(app: weakref.ref[EmbeddingApp]) -> Callable[[np.ndarray], np.ndarray]:
+    """The batcher's model call: the app's current runtime, looked up per call, through a
+    weak reference (the dispatcher thread must not keep the app alive)."""
+
+    def encode(x: np.ndarray) -> np.ndarray:
+        target = app()
+        if target is None:
+            raise RuntimeError("the embedding app was garbage-collected")
+        return target.runtime.encode(x)
+
+    return encode
+
+
 class EmbeddingApp:
     """Embed, reconstruct, generate, and watch the served embeddings for drift."""
 
@@ -85,10 +100,12 @@ class EmbeddingApp:
         metric_labels: dict[str, str] | None = None,
         background_drift: bool = True,
         drift_enabled: bool = True,
+        batch_config: BatchConfig | None = None,
     ) -> None:
         self.bundle = bundle
         self.limits = limits or ServiceLimits()
         self.runtime = EmbeddingRuntime(bundle, runtime_config)
+        self.batch_config = batch_config or BatchConfig()
         self.prior = self.runtime.prior
         self.spec = bundle.manifest.input
         self.monitor = (
@@ -104,6 +121,17 @@ class EmbeddingApp:
             if drift_enabled
             else None
         )
+        # Last, so a failure above leaves no dispatcher thread behind. Concurrent embed requests
+        # share encoder calls (sculptserve.batching); None: each request is its own ORT call.
+        self.batcher: MicroBatcher | None = None
+        if self.batch_config.enabled:
+            self.batcher = MicroBatcher.from_config(
+                _encoder_of(weakref.ref(self)),
+                self.batch_config,
+                item_shape=self.runtime.input_shape,
+            )
+            # An app dropped without close() must not leave its dispatcher thread behind.
+            weakref.finalize(self, self.batcher.close, 0.0)
 
     @classmethod
     def from_source(cls, source: str | None = None, **kwargs: Any) -> EmbeddingApp:
@@ -116,6 +144,7 @@ class EmbeddingApp:
             )
         kwargs.setdefault("runtime_config", RuntimeConfig.from_env())
         kwargs.setdefault("limits", ServiceLimits.from_env())
+        kwargs.setdefault("batch_config", BatchConfig.from_env())
         kwargs.setdefault("drift_enabled", os.environ.get(ENV_DRIFT, "on").lower() != "off")
         return cls(load_bundle(source), **kwargs)
 
@@ -124,16 +153,24 @@ class EmbeddingApp:
     def embed(self, inputs: Any, encoding: str = "float32") -> dict[str, Any]:
         """Inputs -> embeddings (encoder means), optionally quantized through the prior CDF."""
         get_encoding(encoding)  # an unknown encoding fails before any work
-        x = decode_inputs(inputs, self.spec, max_items=self.limits.max_items)
-        z = self.runtime.encode(x)
+        if self.batcher is None:
+            z = self.runtime.encode(self._decode(inputs))
+        else:
+            # Reserve before decoding: the batcher may hold a batch briefly for a request
+            # that is still decoding, but never for nobody.
+            with self.batcher.reserve() as slot:
+                z = slot.run(self._decode(inputs))
         check_finite(z, "embeddings")  # before the monitor: it must never see NaN/Inf
         if self.monitor is not None:
             self.monitor.observe(z)
         codes = encode_embeddings(z, self.prior, encoding)
         return {"embeddings": codes.tolist(), "encoding": encoding}
 
+    def _decode(self, inputs: Any) -> np.ndarray:
+        return decode_inputs(inputs, self.spec, max_items=self.limits.max_items)
+
     def reconstruct(self, inputs: Any) -> dict[str, Any]:
-        x = decode_inputs(inputs, self.spec, max_items=self.limits.max_items)
+        x = self._decode(inputs)
         outputs = self.runtime.reconstruct(x)
         check_finite(outputs, "outputs")
         return {"outputs": outputs.tolist()}
@@ -168,6 +205,10 @@ class EmbeddingApp:
             "providers": list(self.runtime.providers),
             "limits": asdict(self.limits),
             "encodings": list(ENCODINGS),
+            "batching": {
+                **asdict(self.batch_config),
+                **(self.batcher.stats().to_dict() if self.batcher is not None else {}),
+            },
         }
 
     def drift(self) -> dict[str, Any]:
@@ -176,5 +217,8 @@ class EmbeddingApp:
         return self.monitor.report().to_dict()
 
     def close(self) -> None:
+        """Run the queued embed requests, then stop the batcher and the drift worker."""
+        if self.batcher is not None:
+            self.batcher.close()
         if self.monitor is not None:
             self.monitor.close()

@@ -23,15 +23,29 @@ BentoML 1.4 wraps the body in a list: ``[{"error": "..."}]``. Pydantic type erro
 (``{"error": ..., "detail": [...]}``); the body limit (413) and API key (401) answer
 ``{"error": ...}`` from :mod:`sculptserve.http_guard`. Anything else is a bug and a 500.
 
-Batching
---------
-Every request is already a batch (up to ``max_items``) that goes to ONNX Runtime as one call.
-BentoML's adaptive batching needs a ``batchable=True`` API with a single batched argument,
-which ``embed`` (with ``encoding``) cannot be, and calling an internal batchable API from a
-plain one goes through BentoML's self-proxy (another HTTP hop with serialization). So there is
-no cross-request batching here: concurrent requests run concurrently in the service's thread
-pool, each as one ORT call. Whether cross-request batching pays off is for
-``benchmarks/serve.py`` to measure.
+Threads and batching
+--------------------
+BentoML runs a sync API in worker threads behind a capacity limiter of ``threads`` (the
+service config). BentoML's default of 1 serialized every sync request of a worker: a /drift or
+/info probe waited behind every queued /embed, and no two requests could meet in a batch.
+``SCULPT_API_THREADS`` sets it (default :data:`DEFAULT_API_THREADS`). With ``SCULPT_BATCH=on``
+concurrent ``/embed`` requests (REST and gRPC) meet in the app's
+:class:`~sculptserve.batching.MicroBatcher` and share ONNX Runtime calls
+(``SCULPT_BATCH_MAX_SIZE``, ``SCULPT_BATCH_MAX_LATENCY_MS``); it is off by default because on
+CPU it measured no gain (see :mod:`sculptserve.batching`). BentoML's own ``batchable=True``
+does not fit: it takes a single batched argument, ``embed`` has options (``encoding``),
+calling an internal batchable API from a plain one goes through BentoML's self-proxy (another
+HTTP hop with serialization), and gRPC could not share it.
+
+Per-process settings
+--------------------
+``OPENBLAS_NUM_THREADS=1`` is passed to the workers (BentoML ``envs``; a value already in the
+environment wins): numpy only meets small matrices here (the drift window's scoring), and an
+OpenBLAS pool's threads busy-wait after each call, which took about 2 ms of CPU per request
+from the request threads on a 2-core machine (benchmarks/RESULTS.md). The JSON APIs declare
+their response media type, because BentoML otherwise rebuilds the output's JSON schema on every
+response only to learn that it is ``application/json`` (14% of the worker's sampled Python
+time under load).
 
 Metrics
 -------
@@ -46,11 +60,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import bentoml
 from bentoml.exceptions import InvalidArgument
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -61,6 +77,24 @@ from sculptserve.http_guard import HttpGuard
 from sculptserve.serve import ENV_GRPC_HOST, ENV_GRPC_PORT, GrpcThread
 
 log = logging.getLogger(__name__)
+
+ENV_API_THREADS = "SCULPT_API_THREADS"
+DEFAULT_API_THREADS = 32
+
+
+def _api_threads(env: Mapping[str, str] | None = None) -> int:
+    """Threads for the sync APIs, from SCULPT_API_THREADS (read when this module is imported:
+    BentoML takes its service config from the decorator)."""
+    text = (os.environ if env is None else env).get(ENV_API_THREADS, "").strip()
+    if not text:
+        return DEFAULT_API_THREADS
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{ENV_API_THREADS}={text!r} is not an integer") from None
+    if value < 1:
+        raise ValueError(f"{ENV_API_THREADS} must be >= 1, got {value}")
+    return value
 
 
 def _worker_label() -> str:
@@ -90,7 +124,12 @@ def _single_process_metrics() -> None:
     BentoMLContainer.metrics_client.set(PrometheusClient(multiproc=False))
 
 
-@bentoml.service(name="sculpt", traffic={"timeout": 60})
+@bentoml.service(
+    name="sculpt",
+    traffic={"timeout": 60},
+    threads=_api_threads(),
+    envs=[{"name": "OPENBLAS_NUM_THREADS", "value": "1", "stage": "runtime"}],
+)
 class SculptService:
     """Embeddings, reconstructions and prior samples of one verified bundle."""
 
@@ -120,11 +159,14 @@ class SculptService:
         """Ready once the bundle is loaded and verified and the drift worker runs."""
         if self._app is None:
             return False
-        return self._app.monitor is None or self._app.monitor.worker_alive
+        app = self._app
+        monitor_ok = app.monitor is None or app.monitor.worker_alive
+        return monitor_ok and (app.batcher is None or app.batcher.alive)
 
     @bentoml.on_shutdown
     def close(self) -> None:
-        """Stop the gRPC server and the drift monitor's worker thread."""
+        """Stop the gRPC server, then the app: queued embeds still run, then the batcher and
+        the drift worker stop."""
         if getattr(self, "_grpc", None) is not None:
             self._grpc.stop()
         if self._app is not None:
@@ -200,7 +242,10 @@ async def _embed_files(request: Request) -> JSONResponse:
         return JSONResponse({"error": "the field 'encoding' must be text"}, 400)
     items = [await f.read() for f in files]
     try:
-        return JSONResponse(_current().app.embed(items, encoding))
+        # In a worker thread like the BentoML APIs: decoding and the model call (or waiting
+        # for a shared batch) must not block the event loop.
+        body = await run_in_threadpool(_current().app.embed, items, encoding)
+        return JSONResponse(body)
     except PayloadError as exc:
         return JSONResponse({"error": str(exc)}, 400)
 
@@ -215,4 +260,9 @@ _get_routes = Starlette(
     ]
 )
 SculptService.mount_asgi_app(_get_routes, path="/", name="sculpt-get")
+# Every API answers JSON; saying so spares BentoML a JSON-schema build per response (see the
+# module docstring). BentoML itself sets media_type this way for streaming APIs.
+for _method in SculptService.apis.values():
+    if _method.output_spec.media_type is None:
+        _method.output_spec.media_type = "application/json"
 SculptService.add_asgi_middleware(HttpGuard)

@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from bundle_factory import make_bundle, toy_decode, toy_encode, toy_weights
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -40,7 +41,6 @@ from sculptserve.drift import STATES
 from sculptserve.grpc import sculpt_pb2 as pb
 from sculptserve.grpc import sculpt_pb2_grpc as pb_grpc
 from sculptserve.grpc.server import bound_port, build_server
-from tests.bundle_factory import make_bundle, toy_decode, toy_encode, toy_weights
 
 REPO = Path(__file__).resolve().parents[1]
 INPUT_SHAPE = (1, 4, 4)

@@ -13,6 +13,7 @@ from sculptserve.codec import PayloadError
 from sculptserve.runtime import (
     ENV_MAX_BATCH,
     ENV_PROVIDERS,
+    ENV_SPINNING,
     ENV_THREADS,
     EmbeddingRuntime,
     RuntimeConfig,
@@ -40,7 +41,7 @@ def weights():
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    for name in (ENV_THREADS, ENV_PROVIDERS, ENV_MAX_BATCH):
+    for name in (ENV_THREADS, ENV_PROVIDERS, ENV_MAX_BATCH, ENV_SPINNING):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -173,6 +174,23 @@ def test_thread_counts_reach_the_sessions(bundle, monkeypatch):
     assert RuntimeConfig().resolved_threads() == available_cpus()
 
 
+def test_pool_threads_sleep_unless_spinning_is_asked_for(bundle, monkeypatch):
+    def spinning(rt: EmbeddingRuntime, role: str) -> tuple[str, str]:
+        opts = rt.session_options(role)
+        return tuple(
+            opts.get_session_config_entry(f"session.{pool}.allow_spinning")
+            for pool in ("intra_op", "inter_op")
+        )
+
+    rt = EmbeddingRuntime(bundle, RuntimeConfig(intra_op_threads=1))
+    assert spinning(rt, "encoder") == spinning(rt, "decoder") == ("0", "0")
+    monkeypatch.setenv(ENV_SPINNING, "on")
+    rt = EmbeddingRuntime(bundle, RuntimeConfig.from_env())
+    assert spinning(rt, "encoder") == spinning(rt, "decoder") == ("1", "1")
+    with pytest.raises(ValueError, match="spinning must be a bool"):
+        RuntimeConfig(spinning="yes")
+
+
 def test_available_cpus_respects_affinity_and_cgroup_quota(tmp_path):
     import os
 
@@ -199,6 +217,8 @@ def test_from_env_parses_every_variable():
     )
     assert RuntimeConfig.from_env({}) == RuntimeConfig()
     assert RuntimeConfig.from_env({ENV_THREADS: "", ENV_PROVIDERS: " "}) == RuntimeConfig()
+    for text, value in (("on", True), (" OFF ", False), ("1", True), ("false", False)):
+        assert RuntimeConfig.from_env({ENV_SPINNING: text}).spinning is value
     full = RuntimeConfig.from_env({ENV_PROVIDERS: "CPUExecutionProvider,"})
     assert full.providers == ("CPUExecutionProvider",)
 
@@ -212,6 +232,7 @@ def test_from_env_parses_every_variable():
         ({ENV_MAX_BATCH: "1.5"}, "SCULPT_MAX_BATCH='1.5' is not an integer"),
         ({ENV_PROVIDERS: "NopeExecutionProvider"}, "SCULPT_ORT_PROVIDERS=.* names Nope"),
         ({ENV_PROVIDERS: ","}, "SCULPT_ORT_PROVIDERS=',' is empty"),
+        ({ENV_SPINNING: "sometimes"}, "SCULPT_ORT_SPINNING='sometimes' is not a switch"),
     ],
 )
 def test_from_env_errors_name_the_variable(env, pattern):

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import bentoml
 import grpc
@@ -34,6 +35,7 @@ def server(tmp_path_factory):
         **os.environ,
         "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml")),
         "BENTOML_DO_NOT_TRACK": "1",
+        "SCULPT_BATCH": "on",  # the batched path end to end, REST and gRPC together
     }
     proc = subprocess.Popen(
         [
@@ -87,6 +89,44 @@ def test_rest_and_grpc_share_one_app(server):
     drift = json.loads(stub.GetDrift(pb.GetDriftRequest()).json)
     assert drift["embeddings_seen"] == 6  # 3 over REST + 3 over gRPC: one monitor
     channel.close()
+
+
+def test_concurrent_rest_and_grpc_embeds_share_the_batcher(server):
+    proc, client, grpc_port = server
+    w_enc = toy_weights((1, 4, 4), 3)[0]
+    before = client.info()["batching"]
+    rng = np.random.default_rng(1)
+    inputs = [rng.random((int(n), 1, 4, 4), dtype=np.float32) for n in rng.integers(1, 9, 24)]
+    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+    stub = rpc.SculptStub(channel)
+
+    def call(i: int) -> np.ndarray:
+        x = inputs[i]
+        if i % 2:  # odd: gRPC, even: REST (its own client: SyncHTTPClient is not thread-safe)
+            tensor = pb.Tensor(shape=list(x.shape), data=x.astype("<f4").tobytes())
+            e = stub.Embed(pb.EmbedRequest(inputs=pb.Inputs(tensor=tensor))).embeddings
+            return np.frombuffer(e.data, dtype="<f4").reshape(tuple(e.shape))
+        with bentoml.SyncHTTPClient(client.url, server_ready_timeout=5) as own:
+            return np.asarray(own.embed(inputs=x.tolist())["embeddings"], dtype=np.float32)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(len(inputs))))
+    channel.close()
+    for x, z in zip(inputs, results, strict=True):
+        np.testing.assert_allclose(z, toy_encode(x, w_enc), atol=1e-5)
+    after = client.info()["batching"]
+    # every request of both front ends went through the one batcher of the one app
+    assert after["requests"] - before["requests"] == len(inputs)
+    assert after["rows"] - before["rows"] == sum(len(x) for x in inputs)
+    if "OPENBLAS_NUM_THREADS" not in os.environ:  # the service's envs reach its worker
+        import psutil
+
+        workers = [
+            p
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if "worker" in " ".join(p.cmdline())
+        ]
+        assert workers and all(p.environ().get("OPENBLAS_NUM_THREADS") == "1" for p in workers)
 
 
 def test_server_stops_cleanly_on_ctrl_c(server):

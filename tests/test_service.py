@@ -16,15 +16,16 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from bundle_factory import make_bundle, toy_encode, toy_weights
 from starlette.testclient import TestClient
 
 from sculptserve.service import SculptService
-from tests.bundle_factory import make_bundle, toy_encode, toy_weights
 
 SHAPE = (1, 4, 4)
 LATENT = 3
@@ -272,6 +273,52 @@ def test_health_metrics_and_docs(client: TestClient) -> None:
     spec = client.get("/docs.json").json()
     assert spec["openapi"].startswith("3.")
     assert set(API_ROUTES) <= set(spec["paths"])
+
+
+def test_service_config_threads_blas_and_json_responses(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sculptserve.service import DEFAULT_API_THREADS, ENV_API_THREADS, _api_threads
+
+    # Several sync-API threads, or concurrent requests could never meet in a batch.
+    assert _api_threads({}) == DEFAULT_API_THREADS > 1
+    assert _api_threads({ENV_API_THREADS: " 4 "}) == 4
+    for bad in ("0", "many"):
+        with pytest.raises(ValueError, match=ENV_API_THREADS):
+            _api_threads({ENV_API_THREADS: bad})
+    monkeypatch.delenv(ENV_API_THREADS, raising=False)
+    assert SculptService.config["threads"] == DEFAULT_API_THREADS
+    envs = {e.name: (e.value, e.stage) for e in SculptService.envs}
+    assert envs["OPENBLAS_NUM_THREADS"] == ("1", "runtime")
+    for method in SculptService.apis.values():  # declared, not rebuilt from a schema per call
+        assert method.output_spec.media_type == "application/json"
+
+
+def test_concurrent_embeds_are_batched_and_each_gets_its_own(
+    monkeypatch: pytest.MonkeyPatch, bundle_dir: Path
+) -> None:
+    w_enc, _ = toy_weights(SHAPE, LATENT)
+    inputs = [_inputs(n, seed=n) for n in range(1, 13)]
+    with _client(monkeypatch, bundle_dir, SCULPT_BATCH="on") as client:
+
+        def embed(x: np.ndarray) -> np.ndarray:
+            resp = client.post("/embed", json={"inputs": [_raw(row) for row in x]})
+            assert resp.status_code == 200, resp.text
+            return np.asarray(resp.json()["embeddings"], dtype=np.float32)
+
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(embed, inputs))
+        batching = client.get("/info").json()["batching"]
+    for x, z in zip(inputs, results, strict=True):
+        np.testing.assert_allclose(z, toy_encode(x, w_enc), atol=1e-5)
+    assert batching["enabled"] is True
+    assert (batching["requests"], batching["rows"]) == (len(inputs), sum(map(len, inputs)))
+
+
+def test_batching_is_off_by_default(client: TestClient) -> None:
+    assert client.get("/info").json()["batching"] == {
+        "enabled": False,
+        "max_batch_size": 64,
+        "max_latency_ms": 2.0,
+    }
 
 
 def test_tabular_model(monkeypatch: pytest.MonkeyPatch, tabular_dir: Path) -> None:
