@@ -30,13 +30,14 @@ Configuration (:class:`BatchConfig`, :meth:`BatchConfig.from_env`): ``SCULPT_BAT
 default off), ``SCULPT_BATCH_MAX_SIZE`` (rows, default 64), ``SCULPT_BATCH_MAX_LATENCY_MS``
 (default 2; 0 means never linger: run whatever is waiting as soon as the model is free).
 
-Why off by default: on CPU the encoder's cost grows linearly with the rows (measured on the
-shapes model with 2 intra-op threads: about 0.7-0.8 ms of CPU per embedding at batch 1, 8 or
-64), so one call of 64 rows costs what eight calls of 8 do, and on a 2-core machine batching
-changed REST throughput by -15%..+9% (noise) and CPU per request by -9%..+14%
-(benchmarks/RESULTS.md). It pays where a call has a large fixed cost: a GPU (kernel launches,
-idle SMs at small batches; not measured here) or a model much cheaper per row than the
-per-call overhead.
+Why off by default: on CPU the encoder's cost grows linearly with the rows (the shapes model
+with 2 intra-op threads: about 0.7-0.9 ms of CPU per embedding at batch 1, 8 or 64), so
+merging calls saves no model work. Measured over REST on 2 cores (benchmarks/RESULTS.md):
+with 8 inputs per request batching lowered throughput in 10 of 12 cells (-15% to +6%); with
+64 inputs at concurrency 64 it raised it by 5-21% with 10-15% less CPU per request, most
+likely because one call at a time replaces dozens of concurrent large calls competing for
+cache. So turn it on for large requests at high concurrency, and where a call has a large
+fixed cost (a GPU: kernel launches, idle SMs at small batches; not measured here).
 """
 
 from __future__ import annotations

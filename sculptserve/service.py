@@ -31,11 +31,11 @@ service config). BentoML's default of 1 serialized every sync request of a worke
 ``SCULPT_API_THREADS`` sets it (default :data:`DEFAULT_API_THREADS`). With ``SCULPT_BATCH=on``
 concurrent ``/embed`` requests (REST and gRPC) meet in the app's
 :class:`~sculptserve.batching.MicroBatcher` and share ONNX Runtime calls
-(``SCULPT_BATCH_MAX_SIZE``, ``SCULPT_BATCH_MAX_LATENCY_MS``); it is off by default because on
-CPU it measured no gain (see :mod:`sculptserve.batching`). BentoML's own ``batchable=True``
-does not fit: it takes a single batched argument, ``embed`` has options (``encoding``),
-calling an internal batchable API from a plain one goes through BentoML's self-proxy (another
-HTTP hop with serialization), and gRPC could not share it.
+(``SCULPT_BATCH_MAX_SIZE``, ``SCULPT_BATCH_MAX_LATENCY_MS``); it is off by default because
+on CPU it measured no consistent gain (see :mod:`sculptserve.batching`). BentoML's own
+``batchable=True`` does not fit: it takes a single batched argument, ``embed`` has options
+(``encoding``), calling an internal batchable API from a plain one goes through BentoML's
+self-proxy (another HTTP hop with serialization), and gRPC could not share it.
 
 Per-process settings
 --------------------
