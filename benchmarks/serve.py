@@ -41,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -260,6 +261,30 @@ def on_off(values: list[str]) -> list[bool]:
     return [v == "on" for v in values]
 
 
+EFFECT_COLUMNS = {"rps": "req/s", "p50": "p50", "cpu": "server CPU/req"}
+
+
+def print_effect(
+    title: str,
+    other: str,
+    args: argparse.Namespace,
+    metrics: tuple[str, ...],
+    pair: Callable[[bool, int, int], tuple[dict[str, float], dict[str, float]]],
+    others: list[bool],
+) -> None:
+    """A markdown table of relative changes (on vs off) of ``metrics`` for every cell;
+    ``pair(other_setting, items, concurrency)`` gives the (on, off) medians."""
+    print(f"\n{title} (on vs off, medians):\n")
+    print(f"| items | conc | {other} | " + " | ".join(EFFECT_COLUMNS[m] for m in metrics) + " |")
+    print("|---|---|---|" + "---|" * len(metrics))
+    for n in args.items:
+        for c in args.concurrency:
+            for setting in others:
+                on, off = pair(setting, n, c)
+                changes = " | ".join(f"{100 * (on[m] / off[m] - 1):+.1f}%" for m in metrics)
+                print(f"| {n} | {c} | {'on' if setting else 'off'} | {changes} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", required=True)
@@ -388,33 +413,17 @@ def main() -> None:
                         f"| {rps * n / best_raw[n]:.2f} | {raw_cpu[n] * n / row['cpu']:.2f} |"
                     )
     if len(args.drift) == 2:
-        print("\nDrift monitor cost (on vs off, medians):\n")
-        print("| items | conc | batching | p50 | req/s | server CPU/req |")
-        print("|---|---|---|---|---|---|")
-        for n in args.items:
-            for c in args.concurrency:
-                for b in on_off(args.batching):
-                    on, off = summary[(b, True, n, c)], summary[(b, False, n, c)]
-                    print(
-                        f"| {n} | {c} | {'on' if b else 'off'} "
-                        f"| {100 * (on['p50'] / off['p50'] - 1):+.1f}% "
-                        f"| {100 * (on['rps'] / off['rps'] - 1):+.1f}% "
-                        f"| {100 * (on['cpu'] / off['cpu'] - 1):+.1f}% |"
-                    )
+        print_effect(
+            "Drift monitor cost", "batching", args, ("p50", "rps", "cpu"),
+            lambda b, n, c: (summary[(b, True, n, c)], summary[(b, False, n, c)]),
+            on_off(args.batching),
+        )  # fmt: skip
     if len(args.batching) == 2:
-        print("\nBatching effect (on vs off, medians):\n")
-        print("| items | conc | drift | req/s | p50 | server CPU/req |")
-        print("|---|---|---|---|---|---|")
-        for n in args.items:
-            for c in args.concurrency:
-                for d in on_off(args.drift):
-                    on, off = summary[(True, d, n, c)], summary[(False, d, n, c)]
-                    print(
-                        f"| {n} | {c} | {'on' if d else 'off'} "
-                        f"| {100 * (on['rps'] / off['rps'] - 1):+.1f}% "
-                        f"| {100 * (on['p50'] / off['p50'] - 1):+.1f}% "
-                        f"| {100 * (on['cpu'] / off['cpu'] - 1):+.1f}% |"
-                    )
+        print_effect(
+            "Batching effect", "drift", args, ("rps", "p50", "cpu"),
+            lambda d, n, c: (summary[(True, d, n, c)], summary[(False, d, n, c)]),
+            on_off(args.drift),
+        )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -20,18 +20,12 @@ from sculptserve.disentanglement import (
     sap_score_matrix,
     supervised_metrics,
 )
+from sculptserve.evaluation import SUPERVISED_KEYS
 
 SIZES = (3, 6, 10, 16)
 K = len(SIZES)
 N_TRAIN, N_TEST = 2000, 1000
-KEYS = {
-    "mig",
-    "dci_disentanglement",
-    "dci_completeness",
-    "dci_informativeness",
-    "sap",
-    "factorvae_score",
-}
+KEYS = set(SUPERVISED_KEYS)  # the eval.json names the evaluation stores these under
 
 
 def make_factors(n, seed, sizes=SIZES):
