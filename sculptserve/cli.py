@@ -224,6 +224,29 @@ def subsample(arr: np.ndarray, max_rows: int, rng: np.random.Generator) -> np.nd
 @click.option("--latent-dim", type=int, default=8, show_default=True)
 @click.option("--kernel", type=click.Choice(sorted(KERNELS)), default="rbf", show_default=True)
 @click.option("--lambda", "lambda_", type=float, default=0.3, show_default=True, help="MMD weight.")
+@click.option(
+    "--independence",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="mmd: weight (relative to --lambda) of MMD^2 between the latents and the latents with "
+    "every column shuffled on its own; it sees only dependence between dimensions.",
+)
+@click.option(
+    "--marginal",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="mmd: weight (relative to --lambda) of the mean 1-D MMD^2 of each latent dimension to "
+    "the prior's marginal.",
+)
+@click.option(
+    "--prior-multiple",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="mmd: prior samples drawn per batch row each step.",
+)
 @click.option("--beta", type=float, default=4.0, show_default=True, help="beta-VAE/TCVAE weight.")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Global batch.")
 @click.option("--lr", type=float, default=5e-4, show_default=True)

@@ -37,6 +37,9 @@ class TrainConfig:
     latent_dim: int = 8
     kernel: str = "rbf"
     lambda_: float = 0.3
+    independence: float = 0.0
+    marginal: float = 0.0
+    prior_multiple: int = 1
     beta: float = 4.0
     batch_size: int = 256
     lr: float = 5e-4
@@ -63,6 +66,7 @@ class TrainConfig:
             "val_size",
             "checkpoint_every",
             "log_every",
+            "prior_multiple",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -75,8 +79,11 @@ class TrainConfig:
             raise ConfigError("give --epochs or --max-steps, not both")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
-        if self.lambda_ < 0 or self.beta < 0 or self.align_weight < 0:
-            raise ConfigError("--lambda, --beta and --align-weight must be >= 0")
+        weights = ("lambda_", "independence", "marginal", "beta", "align_weight")
+        negative = [n for n in weights if not getattr(self, n) >= 0]
+        if negative:
+            names = ", ".join(f"--{_JSON_NAMES.get(n, n).replace('_', '-')}" for n in negative)
+            raise ConfigError(f"{names} must be >= 0")
         if not 0 < self.label_fraction <= 1:
             raise ConfigError(f"--label-fraction must be in (0, 1], got {self.label_fraction}")
 

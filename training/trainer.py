@@ -179,7 +179,14 @@ def make_objective(config: TrainConfig) -> Objective:
         raise ConfigError(
             f"unknown objective '{config.objective}'; valid: {', '.join(sorted(OBJECTIVES))}"
         )
-    knobs = {"lambda_": config.lambda_, "kernel": config.kernel, "beta": config.beta}
+    knobs = {
+        "lambda_": config.lambda_,
+        "kernel": config.kernel,
+        "beta": config.beta,
+        "independence": config.independence,
+        "marginal": config.marginal,
+        "prior_multiple": config.prior_multiple,
+    }
     accepted = inspect.signature(OBJECTIVES[config.objective]).parameters
     return build_objective(config.objective, **{k: v for k, v in knobs.items() if k in accepted})
 
@@ -436,11 +443,15 @@ def train(
                     mean=mean,
                     logvar=logvar,
                     z_global=gather_global(z, dist),
-                    prior_samples=prior_batch(prior, config.batch_size, config.seed, step, device)
+                    prior_samples=prior_batch(
+                        prior, objective.prior_rows(config.batch_size), config.seed, step, device
+                    )
                     if objective.needs_prior
                     else None,
                     n_features=n_features,
                     dataset_size=len(train_data),
+                    seed=config.seed,
+                    step=step,
                 )
             )
             loss = recon + reg
