@@ -148,9 +148,10 @@ def run_cell(cell: Cell, out: Path) -> list[dict[str, Any]]:
 
 
 def collect(cells: list[Cell], out: Path) -> list[dict[str, Any]]:
-    """Every record on disk for ``cells`` (finished or not), in plan order."""
+    """Every record on disk for ``cells`` (finished or not), in plan order, labelled as the
+    asking cell labels it (one run may serve two benchmarks under two names)."""
     return [
-        json.loads(eval_path(out, c, s).read_text())
+        {**json.loads(eval_path(out, c, s).read_text()), "group": c.group, "label": c.label}
         for c in cells
         for s in sorted(c.checkpoints)
         if eval_path(out, c, s).exists()
@@ -164,21 +165,32 @@ def _worker_init(threads: int) -> None:
 
 
 def run_cells(cells: list[Cell], out: Path, jobs: int) -> list[str]:
-    """Run every cell on ``jobs`` processes; return the errors (one failure never stops the
-    rest: the other cells' hours of training are kept)."""
+    """Run every cell, in order, on ``jobs`` processes; return the errors (one failure never
+    stops the rest: the other cells' hours of training are kept).
+
+    The same run may appear twice (e.g. to 1600 steps early in the plan, to 6400 late): a
+    cell waits while another cell of its run dir is running.
+    """
     from tqdm import tqdm
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     os.environ.update(dict.fromkeys(THREAD_VARIABLES, str(threads)))
     errors: list[str] = []
+    waiting = list(cells)
+    running: dict[Future, Cell] = {}
     context = get_context("spawn")
     with (
         ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
                             initargs=(threads,)) as pool,
         tqdm(total=len(cells), unit="cell") as bar,
     ):  # fmt: skip
-        running: dict[Future, Cell] = {pool.submit(run_cell, c, out): c for c in cells}
-        while running:
+        while waiting or running:
+            busy = {c.name for c in running.values()}
+            for cell in list(waiting):
+                if len(running) < jobs and cell.name not in busy:
+                    waiting.remove(cell)
+                    busy.add(cell.name)
+                    running[pool.submit(run_cell, cell, out)] = cell
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 cell = running.pop(future)

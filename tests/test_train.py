@@ -241,9 +241,15 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path, tabular_npy):
     assert (run / "checkpoints" / f"step-{summary['step']:08d}").is_dir()
 
 
-def test_torchrun_ddp_uses_the_global_batch(tmp_path, tabular_npy):
+# The explicit independence term permutes the gathered batch with a (seed, step) permutation
+# and the marginal term reads the global prior batch: both must match one process too.
+SCULPT_TERMS = ["--independence", "1", "--marginal", "1", "--prior-multiple", "2"]
+
+
+@pytest.mark.parametrize("extra", [[], SCULPT_TERMS], ids=["paper", "sculpt-terms"])
+def test_torchrun_ddp_uses_the_global_batch(tmp_path, tabular_npy, extra):
     """2 gloo ranks x 25 rows train like one process on the 50-row global batch."""
-    args = [*tabular_args(tabular_npy, steps=6), "--no-report", "--device", "cpu"]
+    args = [*tabular_args(tabular_npy, steps=6), "--no-report", "--device", "cpu", *extra]
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
@@ -282,6 +288,17 @@ def test_torchrun_ddp_uses_the_global_batch(tmp_path, tabular_npy):
     ]
     assert train_lines and all(r["mmd_batch"] == 50 for r in train_lines)
     assert_same_weights(single, ddp, atol=1e-5)
+    single_lines = [
+        r
+        for r in map(json.loads, (single / "metrics.jsonl").read_text().splitlines())
+        if r["split"] == "train"
+    ]
+    terms = [k for k in ("mmd2", "mmd2_independence", "mmd2_marginal") if k in train_lines[0]]
+    assert len(terms) == (3 if extra else 1)
+    for one, two in zip(single_lines, train_lines, strict=True):
+        for key in terms:  # the gathered batch gives the single process its value
+            # float32 MMD^2 is a small difference of large sums; summation order differs
+            assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6)
 
 
 def test_alignment_ties_the_chosen_dimension_to_its_factor(tmp_path):
