@@ -127,6 +127,45 @@ def test_resume_continues_a_vae_exactly(tmp_path, tabular_npy):
     assert_same_weights(straight, split, atol=1e-6)
 
 
+def test_checkpoint_carries_the_cuda_rng_state(tmp_path, monkeypatch):
+    """On a CUDA device the checkpoint stores that device's generator and resuming there
+    restores it (faked here: this test must run without a GPU); on a CPU it stores none."""
+    from training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+    from training.models import build_autoencoder
+
+    cuda = torch.device("cuda", 0)
+    saved_state = torch.arange(16, dtype=torch.uint8)
+    restored: list[tuple[torch.Tensor, torch.device]] = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: saved_state.clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append((s, device)))
+    model = build_autoencoder((4,), 2, width=4, hidden=8)
+    optimizer = torch.optim.Adam(model.parameters())
+    path = save_checkpoint(tmp_path / "gpu-run", model, optimizer, 3, cuda)
+    state = load_checkpoint(path, model)
+    assert torch.equal(state.cuda_rng, saved_state)
+    restore_rng(state, cuda)
+    assert len(restored) == 1 and torch.equal(restored[0][0], saved_state)
+    restore_rng(state, torch.device("cpu"))  # resumed on a CPU: nothing to put back on CUDA
+    assert len(restored) == 1
+    cpu_path = save_checkpoint(tmp_path / "cpu-run", model, optimizer, 3, torch.device("cpu"))
+    assert load_checkpoint(cpu_path, model).cuda_rng is None
+
+
+@pytest.mark.gpu
+def test_resume_continues_a_vae_exactly_on_cuda(tmp_path, tabular_npy):
+    """The reparameterization noise on a GPU comes from the CUDA generator, checkpointed too."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    common = dict(
+        data=str(tabular_npy), objective="vae", latent_dim=3, batch_size=50, device="cuda", **TINY
+    )
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(TrainConfig(out=str(straight), max_steps=12, **common), progress=False)
+    train(TrainConfig(out=str(split), max_steps=6, **common), progress=False)
+    train(TrainConfig(out=str(split), max_steps=12, **common), resume=True, progress=False)
+    assert_same_weights(straight, split, atol=1e-6)
+
+
 def test_resume_refuses_a_different_config(tmp_path, tabular_npy):
     run = tmp_path / "run"
     base = dict(out=str(run), data=str(tabular_npy), latent_dim=3, batch_size=50, **TINY)

@@ -1,4 +1,4 @@
-"""Checkpoints: weights in safetensors, trainer state (optimizer, step, RNG) in a torch file
+"""Checkpoints: weights in safetensors, trainer state (optimizer, step, RNGs) in a torch file
 read back with ``weights_only=True`` (no pickle). Each checkpoint is a folder written under a
 temporary name and renamed into place, and ``latest`` names the newest complete one, so a
 crash or Ctrl-C mid-write never leaves a half checkpoint behind.
@@ -26,6 +26,10 @@ class TrainerState:
     step: int
     optimizer: dict
     torch_rng: torch.Tensor
+    # The CUDA generator of the device that trained (a stochastic encoder's noise comes from
+    # it on a GPU); None for a CPU run. Every DDP rank's generator is in the same state (same
+    # seed, same draws per step), so rank 0's stands for all.
+    cuda_rng: torch.Tensor | None = None
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -33,9 +37,16 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 
 def save_checkpoint(
-    run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int
+    run_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    device: torch.device | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` atomically, point ``latest`` at it, prune old ones."""
+    """Write checkpoint ``step`` atomically, point ``latest`` at it, prune old ones.
+
+    On a CUDA ``device`` the state also holds that device's RNG state.
+    """
     root = checkpoint_dir(run_dir)
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
@@ -43,6 +54,8 @@ def save_checkpoint(
     tmp.mkdir(parents=True)
     save_file(weights_of(model), str(tmp / WEIGHTS))
     state = {"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+    if device is not None and device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
     torch.save(state, tmp / STATE)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -66,8 +79,19 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> TrainerState:
     model.load_state_dict(load_file(str(path / WEIGHTS), device="cpu"))
     state = torch.load(path / STATE, map_location="cpu", weights_only=True)
     return TrainerState(
-        step=int(state["step"]), optimizer=state["optimizer"], torch_rng=state["torch_rng"]
+        step=int(state["step"]),
+        optimizer=state["optimizer"],
+        torch_rng=state["torch_rng"],
+        cuda_rng=state.get("cuda_rng"),
     )
+
+
+def restore_rng(state: TrainerState, device: torch.device) -> None:
+    """Put the RNGs back where the checkpoint left them. A CUDA state is restored on a CUDA
+    device only: a run resumed on another kind of device draws its noise afresh there."""
+    torch.set_rng_state(state.torch_rng)
+    if state.cuda_rng is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state.cuda_rng, device)
 
 
 def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:

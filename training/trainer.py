@@ -36,7 +36,13 @@ from sculptserve.metrics import nmse_db
 from sculptserve.mmd import mmd2
 from sculptserve.priors import Prior, parse_prior
 from training.alignment import Alignment, factor_correlation, parse_align
-from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_weights
+from training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+    save_weights,
+)
 from training.config import DEFAULT_MAX_STEPS, RESUMABLE_CHANGES, ConfigError, TrainConfig
 from training.data import Dataset, load_dataset
 from training.models import build_autoencoder
@@ -370,7 +376,7 @@ def train(
         state = load_checkpoint(checkpoint, model)
         model.to(device)
         optimizer.load_state_dict(state.optimizer)
-        torch.set_rng_state(state.torch_rng)
+        restore_rng(state, device)
         start_step = state.step
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -493,14 +499,14 @@ def train(
                 )
                 log.write({"step": step, "split": "val", **last_val})
             if dist.is_main and step % config.checkpoint_every == 0:
-                save_checkpoint(run_dir, model, optimizer, step)
+                save_checkpoint(run_dir, model, optimizer, step, device)
                 last_saved = step
     bar.close()
 
     summary: dict[str, Any] = {"step": step, "stopped": stopped}
     if dist.is_main:
         if step != last_saved or stopped == "interrupted":
-            save_checkpoint(run_dir, model, optimizer, step)
+            save_checkpoint(run_dir, model, optimizer, step, device)
         save_weights(run_dir / "weights.safetensors", model)
         if not last_val or stopped == "interrupted":
             last_val = validate(model, val_data, val_rows, prior, alignment, config.seed, device)
