@@ -1,6 +1,10 @@
-"""Training throughput on `shapes` 64x64 and the trainer's overhead over a bare loop.
+"""Training throughput on `shapes` and the trainer's overhead over a bare loop.
 
-    python benchmarks/bench_train.py [--steps 60] [--batch-size 64] [--objectives mmd vae]
+    python benchmarks/bench_train.py [--steps 40] [--objectives mmd vae] [--threads 2]
+    python benchmarks/bench_train.py --image-size 64 --latent-dim 8 --width 32 --batch-size 64
+
+Defaults: the standard CPU size of benchmarks/cells.py (32x32, d = 5, width 16, batch 256,
+imq kernel).
 
 For each objective: (1) a minimal hand-written loop (same model, data, batch rows, prior
 batches and loss; nothing else), (2) `training.trainer.train` on the same config, timed from
@@ -33,7 +37,9 @@ from training.trainer import batch_rows, make_objective, make_prior, prior_batch
 
 def bare_loop(config: TrainConfig, steps: int, warmup: int) -> float:
     """Samples/s of the smallest loop that does the same work per step."""
-    data = load_dataset(config.data, split="train", seed=config.seed)
+    data = load_dataset(
+        config.data, split="train", seed=config.seed, image_size=config.image_size
+    )
     objective = make_objective(config)
     prior = make_prior(config, objective)
     torch.manual_seed(config.seed)
@@ -84,14 +90,21 @@ def trainer_loop(config: TrainConfig) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--latent-dim", type=int, default=5)
+    parser.add_argument("--kernel", default="imq")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--objectives", nargs="+", default=["mmd", "vae"])
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     print(f"machine: {describe()}\n")
+    print(f"{args.image_size}x{args.image_size}, d = {args.latent_dim}, kernel {args.kernel}\n")
     print("| objective | batch | width | bare loop samples/s | trainer samples/s | overhead |")
     print("|---|---|---|---|---|---|")
     for name in args.objectives:
@@ -99,6 +112,9 @@ def main() -> None:
             config = TrainConfig(
                 out=str(Path(tmp) / "run"),
                 objective=name,
+                image_size=args.image_size,
+                latent_dim=args.latent_dim,
+                kernel=args.kernel,
                 batch_size=args.batch_size,
                 width=args.width,
                 max_steps=args.warmup + args.steps,
