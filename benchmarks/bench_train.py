@@ -37,9 +37,7 @@ from training.trainer import batch_rows, make_objective, make_prior, prior_batch
 
 def bare_loop(config: TrainConfig, steps: int, warmup: int) -> float:
     """Samples/s of the smallest loop that does the same work per step."""
-    data = load_dataset(
-        config.data, split="train", seed=config.seed, image_size=config.image_size
-    )
+    data = load_dataset(config.data, split="train", seed=config.seed, image_size=config.image_size)
     objective = make_objective(config)
     prior = make_prior(config, objective)
     torch.manual_seed(config.seed)
