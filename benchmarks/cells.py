@@ -112,7 +112,7 @@ def score(run_dir: Path, evaluation: EvalConfig = EVAL) -> tuple[dict[str, Any],
     return values, time.perf_counter() - start
 
 
-def run_cell(cell: Cell, out: Path) -> list[dict[str, Any]]:
+def run_cell(cell: Cell, out: Path, evaluation: EvalConfig = EVAL) -> list[dict[str, Any]]:
     """Train ``cell`` through its checkpoints, scoring each once; return its records."""
     from training.config import ConfigError
     from training.trainer import train
@@ -132,7 +132,7 @@ def run_cell(cell: Cell, out: Path) -> list[dict[str, Any]]:
             resume = (run_dir / "config.json").exists()
             summary = train(cell.config(out, step), resume=resume, explicit={"max_steps"},
                             progress=False)  # fmt: skip
-        values, eval_s = score(run_dir)
+        values, eval_s = score(run_dir, evaluation)
         record = {
             **asdict(cell),
             "step": step,
