@@ -111,6 +111,8 @@ SIZES = {
 METHODS: dict[str, dict[str, Any]] = {
     "mmd-rbf": {"objective": "mmd", "kernel": "rbf"},
     "mmd-imq": {"objective": "mmd", "kernel": "imq"},
+    # the stronger objective of benchmarks/objective_study.md, beside the paper's
+    "mmd-imq-indep": {"objective": "mmd", "kernel": "imq", "independence": 1.0},
     "ae": {"objective": "ae"},
     "vae": {"objective": "vae"},
     "beta-vae": {"objective": "beta-vae", "beta": 4.0},
@@ -187,7 +189,7 @@ def train_config(exp: Experiment, size: Size, out: Path, device: str) -> Any:
         val_every=data.max_steps,
         checkpoint_every=data.max_steps,
         report=False,
-        **options,
+        **{"independence": 0.0, **options},  # the paper's objective unless a method says
     )
 
 

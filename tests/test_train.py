@@ -285,7 +285,9 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path, tabular_npy):
 SCULPT_TERMS = ["--independence", "1", "--marginal", "1", "--prior-multiple", "2"]
 
 
-@pytest.mark.parametrize("extra", [[], SCULPT_TERMS], ids=["paper", "sculpt-terms"])
+@pytest.mark.parametrize(
+    "extra", [["--independence", "0"], SCULPT_TERMS], ids=["paper", "sculpt-terms"]
+)
 def test_torchrun_ddp_uses_the_global_batch(tmp_path, tabular_npy, extra):
     """2 gloo ranks x 25 rows train like one process on the 50-row global batch."""
     args = [*tabular_args(tabular_npy, steps=6), "--no-report", "--device", "cpu", *extra]
@@ -333,7 +335,7 @@ def test_torchrun_ddp_uses_the_global_batch(tmp_path, tabular_npy, extra):
         if r["split"] == "train"
     ]
     terms = [k for k in ("mmd2", "mmd2_independence", "mmd2_marginal") if k in train_lines[0]]
-    assert len(terms) == (3 if extra else 1)
+    assert len(terms) == (3 if extra == SCULPT_TERMS else 1)
     for one, two in zip(single_lines, train_lines, strict=True):
         for key in terms:  # the gathered batch gives the single process its value
             # float32 MMD^2 is a small difference of large sums; summation order differs
@@ -378,3 +380,12 @@ def test_seeded_runs_are_reproducible_on_cpu(tmp_path, tabular_npy):
     assert_same_weights(tmp_path / "a", tmp_path / "b", atol=0)
     with pytest.raises(AssertionError):
         assert_same_weights(tmp_path / "a", tmp_path / "c", atol=1e-6)
+
+
+def test_a_config_written_before_the_independence_term_resumes_as_it_trained():
+    """config.json files from before the term existed lack its key: they trained without it."""
+    legacy = TrainConfig(out="x").to_dict()
+    del legacy["independence"]
+    assert TrainConfig.from_dict(legacy).independence == 0.0
+    assert TrainConfig(out="x").independence == 1.0  # today's default for new runs
+    assert TrainConfig.from_dict(TrainConfig(out="x").to_dict()).independence == 1.0
