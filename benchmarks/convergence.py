@@ -24,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cells import BASE, EVAL, Cell, collect, run_cells
+from study_report import mean_std as fmt
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
@@ -80,14 +81,6 @@ def summarize(records: list[dict[str, Any]], key: str) -> dict[tuple[str, int], 
         if r["eval"].get(key) is not None:
             out[(r["label"], r["samples"])].append(r["eval"][key])
     return out
-
-
-def fmt(xs: list[float]) -> str:
-    if not xs:
-        return "–"
-    if len(xs) == 1:
-        return f"{xs[0]:.3f}"
-    return f"{np.mean(xs):.3f} ± {np.std(xs, ddof=1):.3f}"
 
 
 def markdown(records: list[dict[str, Any]]) -> str:
