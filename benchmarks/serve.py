@@ -4,7 +4,7 @@
         [--seconds 8] [--repeats 3] [--batching on off] [--drift on off] [--client auto]
 
 Starts one `bentoml serve sculptserve.service:SculptService` (HTTP only, one worker) per
-configuration: cross-request batching on/off (SCULPT_BATCH) x drift monitor on/off
+configuration: cross-request batching on/off (SCULPT_MICROBATCH) x drift monitor on/off
 (SCULPT_DRIFT). Each cell sends /embed requests of ``--items`` inputs (the compact
 raw-float32 form) at a fixed concurrency for ``--seconds``; cells are interleaved across
 configurations and repeated ``--repeats`` times, and the tables show medians of the repeats
@@ -107,7 +107,7 @@ class Server:
             **os.environ,
             "SCULPT_BUNDLE": bundle,
             "SCULPT_DRIFT": "on" if drift else "off",
-            "SCULPT_BATCH": "on" if batching else "off",
+            "SCULPT_MICROBATCH": "on" if batching else "off",
         }
         env.pop("SCULPT_GRPC_PORT", None)
         self.proc = subprocess.Popen(

@@ -1,18 +1,22 @@
 """The embedding service's core, shared by the REST (BentoML) and gRPC front ends.
 
 One :class:`EmbeddingApp` holds the verified bundle, the ONNX Runtime sessions, the drift
-monitor and the request limits. Its methods take plain Python request values and return
-plain JSON-able dicts; every client mistake is a :class:`~sculptserve.codec.PayloadError`
-(REST: 400, gRPC: INVALID_ARGUMENT). The front ends only translate. No torch anywhere.
+monitor and the request limits. Its request methods take plain Python request values and
+return small result dataclasses holding numpy arrays (:class:`EmbedResult`,
+:class:`ReconstructResult`, :class:`GenerateResult`); each transport serializes them in its
+own form (REST: JSON lists and base64 PNGs in :mod:`sculptserve.service`; gRPC: tensors and PNG
+bytes in :mod:`sculptserve.grpc.server`). ``info()`` and ``drift()`` are JSON-able dicts, the
+same on both. Every client mistake is a :class:`~sculptserve.errors.PayloadError` (REST: 400,
+gRPC: INVALID_ARGUMENT). The app reads no environment: :meth:`EmbeddingApp.from_settings`
+takes a :class:`~sculptserve.settings.Settings`. No torch anywhere.
 """
 
 from __future__ import annotations
 
-import os
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,47 +24,76 @@ from sculptserve.batching import BatchConfig, MicroBatcher
 from sculptserve.bundle import Bundle, load_bundle, summarize
 from sculptserve.codec import (
     ENCODINGS,
-    PayloadError,
     decode_inputs,
     encode_embeddings,
     get_encoding,
-    images_to_png_b64,
+    images_to_png,
 )
 from sculptserve.drift import DriftConfig, DriftMonitor
+from sculptserve.errors import PayloadError
 from sculptserve.runtime import EmbeddingRuntime, RuntimeConfig
 
-ENV_BUNDLE = "SCULPT_BUNDLE"
-ENV_DRIFT = "SCULPT_DRIFT"  # "off" disables the drift monitor (benchmarks measure its cost)
+if TYPE_CHECKING:
+    from sculptserve.settings import Settings
+
+__all__ = [
+    "OUTPUT_FORMATS",
+    "EmbedResult",
+    "EmbeddingApp",
+    "GenerateResult",
+    "PayloadError",
+    "ReconstructResult",
+    "ServiceLimits",
+]
+
 OUTPUT_FORMATS = ("array", "png")
 
 
 @dataclass(frozen=True)
 class ServiceLimits:
-    """Per-request limits (environment: SCULPT_MAX_ITEMS, SCULPT_MAX_GENERATE,
-    SCULPT_MAX_BODY_BYTES)."""
+    """Per-request limits (from the environment: ``Settings.limits()``, the variables
+    SCULPT_REQUEST_MAX_ITEMS, SCULPT_REQUEST_MAX_SAMPLES, SCULPT_REQUEST_MAX_BYTES)."""
 
     max_items: int = 256
     max_generate: int = 256
     max_body_bytes: int = 8 * 2**20
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceLimits:
-        env = os.environ if env is None else env
-        names = {
-            "max_items": "SCULPT_MAX_ITEMS",
-            "max_generate": "SCULPT_MAX_GENERATE",
-            "max_body_bytes": "SCULPT_MAX_BODY_BYTES",
-        }
-        values: dict[str, int] = {}
-        for field, var in names.items():
-            if var in env:
-                try:
-                    values[field] = int(env[var])
-                except ValueError:
-                    raise ValueError(f"{var}={env[var]!r} is not an integer") from None
-                if values[field] < 1:
-                    raise ValueError(f"{var} must be >= 1, got {values[field]}")
-        return cls(**values)
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ServiceLimits.{name} must be an integer >= 1 (got {value!r})")
+
+
+# --- results: arrays; each transport serializes them ---------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class EmbedResult:
+    """``embeddings``: ``(n, latent_dim)`` codes in ``encoding``'s dtype (float32, float16,
+    uint8 or int8)."""
+
+    embeddings: np.ndarray
+    encoding: str
+
+
+@dataclass(frozen=True, eq=False)
+class ReconstructResult:
+    """``outputs``: ``(n, *input_shape)`` float32, in model space."""
+
+    outputs: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class GenerateResult:
+    """``latents``: ``(n, latent_dim)`` float32 prior samples; ``samples``: their decodings
+    ``(n, *input_shape)`` float32; ``png``: one PNG file per sample when ``output='png'``
+    (None otherwise)."""
+
+    latents: np.ndarray
+    samples: np.ndarray
+    seed: int
+    output: str
+    png: list[bytes] | None = None
 
 
 def check_finite(values: np.ndarray, what: str) -> None:
@@ -134,23 +167,39 @@ class EmbeddingApp:
             weakref.finalize(self, self.batcher.close, 0.0)
 
     @classmethod
-    def from_source(cls, source: str | None = None, **kwargs: Any) -> EmbeddingApp:
-        """Load and verify a bundle (folder or BentoML tag; default: $SCULPT_BUNDLE)."""
-        source = source or os.environ.get(ENV_BUNDLE)
+    def from_source(cls, source: str, **kwargs: Any) -> EmbeddingApp:
+        """Load and verify a bundle (folder or BentoML tag); config from ``kwargs``."""
+        return cls(load_bundle(source), **kwargs)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, source: str | None = None, **kwargs: Any
+    ) -> EmbeddingApp:
+        """Load and verify ``source`` (default: ``settings.bundle``) and configure the app
+        (runtime, limits, micro-batcher, drift monitor on/off) from ``settings``."""
+        source = source or settings.bundle
         if not source:
             raise ValueError(
-                f"no bundle given: set {ENV_BUNDLE} to a bundle folder or a BentoML tag "
-                "(sculpt-NAME[:VERSION])"
+                f"no bundle given: set {settings.variable('bundle')} to a bundle folder or a "
+                "BentoML tag (sculpt-NAME[:VERSION])"
             )
-        kwargs.setdefault("runtime_config", RuntimeConfig.from_env())
-        kwargs.setdefault("limits", ServiceLimits.from_env())
-        kwargs.setdefault("batch_config", BatchConfig.from_env())
-        kwargs.setdefault("drift_enabled", os.environ.get(ENV_DRIFT, "on").lower() != "off")
+        kwargs.setdefault("runtime_config", settings.runtime_config())
+        kwargs.setdefault("limits", settings.limits())
+        kwargs.setdefault("batch_config", settings.batch_config())
+        kwargs.setdefault("drift_enabled", settings.drift)
         return cls(load_bundle(source), **kwargs)
+
+    def ready(self) -> bool:
+        """Whether the app can serve: the bundle is verified (it is, once constructed), and the
+        drift worker and the micro-batcher's dispatcher, where used, are alive. REST's
+        /readyz and gRPC health both follow this."""
+        monitor = self.monitor
+        monitor_ok = monitor is None or not monitor.background or monitor.worker_alive
+        return monitor_ok and (self.batcher is None or self.batcher.alive)
 
     # -- requests ---------------------------------------------------------------------------
 
-    def embed(self, inputs: Any, encoding: str = "float32") -> dict[str, Any]:
+    def embed(self, inputs: Any, encoding: str = "float32") -> EmbedResult:
         """Inputs -> embeddings (encoder means), optionally quantized through the prior CDF."""
         get_encoding(encoding)  # an unknown encoding fails before any work
         if self.batcher is None:
@@ -163,17 +212,17 @@ class EmbeddingApp:
         check_finite(z, "embeddings")  # before the monitor: it must never see NaN/Inf
         if self.monitor is not None:
             self.monitor.observe(z)
-        codes = encode_embeddings(z, self.prior, encoding)
-        return {"embeddings": codes.tolist(), "encoding": encoding}
+        return EmbedResult(encode_embeddings(z, self.prior, encoding), encoding)
 
     def _decode(self, inputs: Any) -> np.ndarray:
         return decode_inputs(inputs, self.spec, max_items=self.limits.max_items)
 
-    def reconstruct(self, inputs: Any) -> dict[str, Any]:
+    def reconstruct(self, inputs: Any) -> ReconstructResult:
+        """Inputs -> decoder(encoder(inputs)), in model space."""
         x = self._decode(inputs)
         outputs = self.runtime.reconstruct(x)
         check_finite(outputs, "outputs")
-        return {"outputs": outputs.tolist()}
+        return ReconstructResult(outputs)
 
     def generate(
         self,
@@ -181,7 +230,7 @@ class EmbeddingApp:
         seed: int = 0,
         fixed: Mapping[Any, Any] | None = None,
         output: str = "array",
-    ) -> dict[str, Any]:
+    ) -> GenerateResult:
         """n decoded prior samples, deterministic for a seed; PNGs for image models."""
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.limits.max_generate:
             raise PayloadError(
@@ -192,12 +241,10 @@ class EmbeddingApp:
         if output == "png" and self.spec.modality != "image":
             raise PayloadError("output 'png' needs an image model; this bundle is tabular")
         latents, samples = self.runtime.generate(n, seed, fixed)
-        body: dict[str, Any] = {"latents": latents.tolist(), "seed": seed}
+        png = None
         if output == "png":
-            body["samples"] = images_to_png_b64(samples, self.spec.value_range or (0.0, 1.0))
-        else:
-            body["samples"] = samples.tolist()
-        return body
+            png = images_to_png(samples, self.spec.value_range or (0.0, 1.0))
+        return GenerateResult(latents, samples, seed, output, png)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -213,7 +260,7 @@ class EmbeddingApp:
 
     def drift(self) -> dict[str, Any]:
         if self.monitor is None:
-            return {"state": "disabled", "reason": f"{ENV_DRIFT}=off"}
+            return {"state": "disabled", "reason": "the drift monitor is off (SCULPT_DRIFT=off)"}
         return self.monitor.report().to_dict()
 
     def close(self) -> None:

@@ -26,9 +26,11 @@ others still get their results. Requests queued when :meth:`close` is called are
 after ``close`` a request runs in its caller's thread, unbatched (requests racing a shutdown
 are served, not failed).
 
-Configuration (:class:`BatchConfig`, :meth:`BatchConfig.from_env`): ``SCULPT_BATCH`` (on/off,
-default off), ``SCULPT_BATCH_MAX_SIZE`` (rows, default 64), ``SCULPT_BATCH_MAX_LATENCY_MS``
-(default 2; 0 means never linger: run whatever is waiting as soon as the model is free).
+Configuration (:class:`BatchConfig`; from the environment through
+:meth:`sculptserve.settings.Settings.batch_config`): ``enabled`` (``SCULPT_MICROBATCH``, default
+off), ``max_batch_size`` (``SCULPT_MICROBATCH_MAX_ROWS``, rows, default 64), ``max_latency_ms``
+(``SCULPT_MICROBATCH_MAX_WAIT_MS``, default 2; 0 means never linger: run whatever is waiting as
+soon as the model is free).
 
 Why off by default: on CPU the encoder's cost grows linearly with the rows (the shapes model
 with 2 intra-op threads: about 0.7-0.9 ms of CPU per embedding at batch 1, 8 or 64), so
@@ -44,23 +46,17 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 
-from sculptserve.runtime import parse_switch
-
 __all__ = [
-    "ENV_BATCH",
-    "ENV_MAX_LATENCY_MS",
-    "ENV_MAX_SIZE",
     "BatchConfig",
     "BatchStats",
     "MicroBatcher",
@@ -68,10 +64,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-ENV_BATCH = "SCULPT_BATCH"
-ENV_MAX_SIZE = "SCULPT_BATCH_MAX_SIZE"
-ENV_MAX_LATENCY_MS = "SCULPT_BATCH_MAX_LATENCY_MS"
 
 
 @dataclass(frozen=True)
@@ -93,31 +85,6 @@ class BatchConfig:
             raise ValueError(f"BatchConfig.max_latency_ms must be a number (got {latency!r})")
         if not (math.isfinite(latency) and 0 <= latency <= 10_000):
             raise ValueError(f"BatchConfig.max_latency_ms must be in [0, 10000] (got {latency!r})")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> BatchConfig:
-        """Read ``SCULPT_BATCH``, ``SCULPT_BATCH_MAX_SIZE`` and ``SCULPT_BATCH_MAX_LATENCY_MS``
-        (from ``env``, default ``os.environ``); an invalid value is a ValueError naming it."""
-        env = os.environ if env is None else env
-        kwargs: dict[str, Any] = {}
-        if env.get(ENV_BATCH, "").strip():
-            kwargs["enabled"] = parse_switch(env[ENV_BATCH], ENV_BATCH)
-        text = env.get(ENV_MAX_SIZE, "").strip()
-        if text:
-            try:
-                kwargs["max_batch_size"] = int(text)
-            except ValueError:
-                raise ValueError(f"{ENV_MAX_SIZE}={text!r} is not an integer") from None
-        text = env.get(ENV_MAX_LATENCY_MS, "").strip()
-        if text:
-            try:
-                kwargs["max_latency_ms"] = float(text)
-            except ValueError:
-                raise ValueError(f"{ENV_MAX_LATENCY_MS}={text!r} is not a number") from None
-        try:
-            return cls(**kwargs)
-        except ValueError as exc:  # name the variables, not the dataclass fields
-            raise ValueError(f"{exc} (from {ENV_MAX_SIZE} / {ENV_MAX_LATENCY_MS})") from None
 
 
 @dataclass(frozen=True)

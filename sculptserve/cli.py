@@ -18,6 +18,7 @@ from sculptserve.evaluation import EVAL_KEYS
 from sculptserve.files import load_npy, save_npy
 from sculptserve.lps import REGRESSORS
 from sculptserve.mmd import KERNELS
+from sculptserve.settings import help_text as settings_help
 
 # Errors a user can cause: reported as one line and a non-zero exit, never a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError)
@@ -550,7 +551,7 @@ def inspect_command(bundle: str, as_json: bool) -> None:
     click.echo(json.dumps(summary, indent=2))
 
 
-@cli.command("serve")
+@cli.command("serve", epilog=settings_help())
 @click.argument("bundle")
 @click.option("--port", type=click.IntRange(1, 65535), default=3000, show_default=True)
 @click.option("--grpc-port", type=click.IntRange(1, 65535), default=50051, show_default=True)
@@ -560,8 +561,8 @@ def serve_command(bundle: str, port: int, grpc_port: int, host: str) -> None:
 
     REST on --port (/embed, /generate, /reconstruct, /info, /drift, /livez, /readyz, /metrics,
     /docs.json), gRPC sculpt.v1 on --grpc-port, one runtime and drift monitor for both.
-    Environment: SCULPT_API_KEY (Bearer key), SCULPT_ORT_THREADS, SCULPT_MAX_ITEMS,
-    SCULPT_MAX_GENERATE, SCULPT_MAX_BODY_BYTES.
+    The service reads the SCULPT_* variables below (`python -m sculptserve.settings` prints
+    what the environment sets now; README.md's Serving section describes each).
     """
     from sculptserve.serve import run_serve
 

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from sculptserve.bundle_schema import InputSpec
+from sculptserve.errors import PayloadError
 from sculptserve.priors import Prior
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "decode_inputs",
     "encode_embeddings",
     "get_encoding",
+    "images_to_png",
     "images_to_png_b64",
     "parse_fixed_dims",
 ]
@@ -72,8 +74,8 @@ __all__ = [
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
-class PayloadError(ValueError):
-    """A client sent something unusable; the message says which item and what was wrong."""
+# The client-error type belongs to the core (sculptserve.errors); this alias import keeps
+# `from sculptserve.codec import PayloadError` working during the transition.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -590,8 +592,8 @@ def decode_embeddings(codes: Any, prior: Prior, encoding: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def images_to_png_b64(x: np.ndarray, value_range: Sequence[float] | None = (0.0, 1.0)) -> list[str]:
-    """``(B, C, H, W)`` model-space images (C = 1 or 3) -> base64 PNG strings.
+def images_to_png(x: np.ndarray, value_range: Sequence[float] | None = (0.0, 1.0)) -> list[bytes]:
+    """``(B, C, H, W)`` model-space images (C = 1 or 3) -> PNG files (bytes).
 
     Values are mapped from ``value_range`` to 0..255 (the inverse of how :func:`decode_inputs`
     reads pixels), clipped, and rounded; NaN becomes 0.
@@ -611,5 +613,10 @@ def images_to_png_b64(x: np.ndarray, value_range: Sequence[float] | None = (0.0,
         plane = img[0] if mode == "L" else img.transpose(1, 2, 0)
         # uint8 (H, W) -> L, (H, W, 3) -> RGB (Pillow 13 infers the mode; the argument is gone)
         Image.fromarray(np.ascontiguousarray(plane)).save(buf, format="PNG")
-        out.append(base64.b64encode(buf.getvalue()).decode("ascii"))
+        out.append(buf.getvalue())
     return out
+
+
+def images_to_png_b64(x: np.ndarray, value_range: Sequence[float] | None = (0.0, 1.0)) -> list[str]:
+    """:func:`images_to_png` as base64 strings (the JSON form)."""
+    return [base64.b64encode(png).decode("ascii") for png in images_to_png(x, value_range)]

@@ -508,6 +508,11 @@ class DriftMonitor:
             thread.join(timeout=5.0)
 
     @property
+    def background(self) -> bool:
+        """Whether windows are scored on a background worker thread (else synchronously)."""
+        return self._thread is not None
+
+    @property
     def worker_alive(self) -> bool:
         """Whether the background worker thread is running."""
         return self._thread is not None and self._thread.is_alive()

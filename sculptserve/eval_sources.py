@@ -125,7 +125,6 @@ def _load_run(request: EvalRequest) -> EvalInputs:
 
     from training.checkpoint import load_trained_model
     from training.config import TrainConfig
-    from training.trainer import make_objective, make_prior
 
     run = Path(request.target)
     model = load_trained_model(run)  # checks the run is finished
@@ -140,7 +139,9 @@ def _load_run(request: EvalRequest) -> EvalInputs:
     def decode(z: np.ndarray) -> np.ndarray:
         return model.decoder(torch.as_tensor(z)).numpy()
 
-    prior = make_prior(config, make_objective(config))
+    # The run's prior, from its config: the trainer checked at the start that the objective
+    # supports it, so evaluation needs only the spec (and not the trainer module).
+    prior = parse_prior(config.prior, dim=config.latent_dim)
     return _from_model(request, "run", description, encode, decode, prior)
 
 

@@ -6,25 +6,26 @@ BentoML 1.4 has neither built in, so both live here, in front of every route
 - **API key** (``SCULPT_API_KEY``): when set, every route except the health, metrics and docs
   routes needs ``Authorization: Bearer <key>``; otherwise 401 with a JSON reason. The
   comparison is constant-time (``hmac.compare_digest``) so response timing leaks nothing.
-- **Body limit** (``SCULPT_MAX_BODY_BYTES``, default 8 MiB, see ``ServiceLimits``): a
+- **Body limit** (``SCULPT_REQUEST_MAX_BYTES``, default 8 MiB, see ``ServiceLimits``): a
   ``Content-Length`` over the limit is answered 413 before any byte of the body is read; a body
   without one (chunked) is counted while it streams and answered 413 once it passes the limit.
 
 - **Malformed multipart**: ``multipart/form-data`` without a ``boundary`` is answered 400 here;
   BentoML 1.4's parser raises ``KeyError`` on it, which would be a 500 (found by fuzzing).
 
-Error bodies are ``{"error": "..."}``. The middleware reads its settings once, at construction.
+Error bodies are ``{"error": "..."}``. The middleware takes its key and limit as arguments;
+without them (BentoML constructs it when the ASGI app is built) it loads them once, at
+construction, through :func:`sculptserve.settings.load_settings`.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from sculptserve.app import ServiceLimits
+from sculptserve.settings import load_settings
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -32,7 +33,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-ENV_API_KEY = "SCULPT_API_KEY"
 # Probes, scrapes and docs must work without the key (orchestrators and Prometheus have none).
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/docs"})
 
@@ -62,14 +62,14 @@ class HttpGuard:
         self, app: ASGIApp, *, api_key: str | None = None, max_body_bytes: int | None = None
     ) -> None:
         self.app = app
-        key = api_key if api_key is not None else os.environ.get(ENV_API_KEY, "")
+        if api_key is None or max_body_bytes is None:
+            settings = load_settings()
+            api_key = settings.api_key if api_key is None else api_key
+            if max_body_bytes is None:
+                max_body_bytes = settings.request_max_bytes
         # An empty key means "no auth", not "the empty string is the key".
-        self.api_key: bytes | None = key.encode("utf-8") if key else None
-        self.max_body_bytes = (
-            max_body_bytes
-            if max_body_bytes is not None
-            else ServiceLimits.from_env().max_body_bytes
-        )
+        self.api_key: bytes | None = api_key.encode("utf-8") if api_key else None
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -5,17 +5,18 @@ and gRPC alike: ONNX Runtime's ``InferenceSession.run`` is thread-safe, and the 
 no mutable state after ``__init__`` (each call gets its own arrays and, for generation, its
 own ``np.random.Generator``). No web framework and no torch here.
 
-Configuration (:class:`RuntimeConfig`, or :meth:`RuntimeConfig.from_env`):
+Configuration (:class:`RuntimeConfig`; from the environment through
+:meth:`sculptserve.settings.Settings.runtime_config`, variables in brackets):
 
-- ``SCULPT_ORT_THREADS``: intra-op threads. Unset: the CPUs this process may actually use
-  (``os.sched_getaffinity``, capped by a cgroup CPU quota), never every core of the host:
-  ONNX Runtime's default would oversubscribe a container.
-- ``SCULPT_ORT_PROVIDERS``: comma list of execution providers, full names or short aliases
-  (``cuda,cpu``). Unset: CUDA first when this onnxruntime build has it, then CPU.
-- ``SCULPT_MAX_BATCH``: the largest batch handed to one ``session.run``; bigger requests are
-  split into chunks (bounds peak memory; results are identical).
-- ``SCULPT_ORT_SPINNING``: ``on`` lets ONNX Runtime's pool threads busy-wait for the next
-  parallel section (its default). Unset/``off``: they sleep. Measured on a 2-core machine with
+- ``intra_op_threads`` (``SCULPT_ORT_THREADS``): intra-op threads. None: the CPUs this process
+  may actually use (``os.sched_getaffinity``, capped by a cgroup CPU quota), never every core
+  of the host: ONNX Runtime's default would oversubscribe a container.
+- ``providers`` (``SCULPT_ORT_PROVIDERS``): execution providers, full names or short aliases
+  (``cuda,cpu``). None: CUDA first when this onnxruntime build has it, then CPU.
+- ``max_batch`` (``SCULPT_ORT_MAX_ROWS``): the largest batch handed to one ``session.run``;
+  bigger requests are split into chunks (bounds peak memory; results are identical).
+- ``spinning`` (``SCULPT_ORT_SPINNING``): True lets ONNX Runtime's pool threads busy-wait for
+  the next parallel section (its default). False: they sleep. Measured on a 2-core machine with
   2 intra-op threads, batches of 8 spaced like requests: spinning took 1.4-1.8 ms of CPU per
   embedding against 0.7-0.8 ms without, for no lower latency; a server shares its cores with
   the HTTP event loop, which the spinning threads starve (benchmarks/RESULTS.md).
@@ -33,25 +34,15 @@ from typing import Any
 import numpy as np
 
 from sculptserve.bundle import Bundle, BundleError, validate_session
-from sculptserve.codec import PayloadError, check_model_input, parse_fixed_dims
+from sculptserve.codec import check_model_input, parse_fixed_dims
+from sculptserve.errors import PayloadError
 
 __all__ = [
-    "ENV_MAX_BATCH",
-    "ENV_PROVIDERS",
-    "ENV_SPINNING",
-    "ENV_THREADS",
     "PROVIDER_ALIASES",
     "EmbeddingRuntime",
     "RuntimeConfig",
     "available_cpus",
 ]
-
-ENV_THREADS = "SCULPT_ORT_THREADS"
-ENV_PROVIDERS = "SCULPT_ORT_PROVIDERS"
-ENV_MAX_BATCH = "SCULPT_MAX_BATCH"
-ENV_SPINNING = "SCULPT_ORT_SPINNING"
-_SWITCH = {"1": True, "on": True, "true": True, "yes": True}
-_SWITCH |= {"0": False, "off": False, "false": False, "no": False}
 
 # short, case-insensitive names a user may type; full ONNX Runtime names are accepted as well
 PROVIDER_ALIASES: dict[str, str] = {
@@ -134,31 +125,12 @@ def resolve_providers(providers: Sequence[str] | None, source: str) -> tuple[str
 # ---------------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str, name: str) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise ValueError(f"{name}={text!r} is not an integer; set a positive integer") from None
-    if value < 1:
-        raise ValueError(f"{name}={text!r} must be >= 1")
-    return value
-
-
-def parse_switch(text: str, name: str) -> bool:
-    """``on/off`` (also 1/0, true/false, yes/no; any case) -> bool; else a ValueError naming
-    the variable."""
-    value = _SWITCH.get(text.strip().lower())
-    if value is None:
-        raise ValueError(f"{name}={text!r} is not a switch; set on or off")
-    return value
-
-
 @dataclass(frozen=True)
 class RuntimeConfig:
     """Threads, providers and batch chunking of an :class:`EmbeddingRuntime`.
 
-    ``intra_op_threads=None`` reads ``SCULPT_ORT_THREADS`` when the runtime starts, else uses
-    :func:`available_cpus`. ``providers=None`` picks CUDA first when available, then CPU.
+    ``intra_op_threads=None`` uses :func:`available_cpus`. ``providers=None`` picks CUDA first
+    when available, then CPU.
     ``spinning``: let idle pool threads busy-wait (see the module docstring; off by default).
     """
 
@@ -189,32 +161,11 @@ class RuntimeConfig:
                 )
             object.__setattr__(self, "providers", tuple(self.providers))
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeConfig:
-        """Read ``SCULPT_ORT_THREADS``, ``SCULPT_ORT_PROVIDERS``, ``SCULPT_MAX_BATCH`` and
-        ``SCULPT_ORT_SPINNING`` (from ``env``, default ``os.environ``); an invalid value is a
-        ValueError naming it."""
-        env = os.environ if env is None else env
-        kwargs: dict[str, Any] = {}
-        if env.get(ENV_THREADS, "").strip():
-            kwargs["intra_op_threads"] = _positive_int(env[ENV_THREADS], ENV_THREADS)
-        if env.get(ENV_MAX_BATCH, "").strip():
-            kwargs["max_batch"] = _positive_int(env[ENV_MAX_BATCH], ENV_MAX_BATCH)
-        if env.get(ENV_SPINNING, "").strip():
-            kwargs["spinning"] = parse_switch(env[ENV_SPINNING], ENV_SPINNING)
-        if ENV_PROVIDERS in env and env[ENV_PROVIDERS].strip():
-            names = [p for p in env[ENV_PROVIDERS].split(",") if p.strip()]
-            kwargs["providers"] = resolve_providers(
-                names, f"{ENV_PROVIDERS}={env[ENV_PROVIDERS]!r}"
-            )
-        return cls(**kwargs)
-
     def resolved_threads(self) -> int:
-        """Intra-op threads to use: the field, else ``SCULPT_ORT_THREADS``, else the CPUs."""
+        """Intra-op threads to use: the field, else the CPUs this process may use."""
         if self.intra_op_threads is not None:
             return self.intra_op_threads
-        text = os.environ.get(ENV_THREADS, "")
-        return _positive_int(text, ENV_THREADS) if text.strip() else available_cpus()
+        return available_cpus()
 
     def resolved_providers(self) -> tuple[str, ...]:
         """Providers to request, checked against this onnxruntime build."""

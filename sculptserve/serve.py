@@ -1,10 +1,12 @@
 """`sculpt serve`: HTTP (BentoML) and gRPC from one process, one runtime, one drift monitor.
 
 `sculpt serve BUNDLE` verifies the bundle, then runs `bentoml serve
-sculptserve.service:SculptService` with SCULPT_BUNDLE and SCULPT_GRPC_PORT set. The service's
-worker starts the grpc.aio server on a background thread (:class:`GrpcThread`) beside the HTTP
-app, sharing its :class:`~sculptserve.app.EmbeddingApp` — so REST and gRPC traffic go through
-the same ONNX sessions, validation and drift window, and show in the same /metrics.
+sculptserve.service:SculptService` with SCULPT_BUNDLE, SCULPT_GRPC_PORT and SCULPT_GRPC_HOST set
+(the other SCULPT_* settings pass through from the environment; see sculptserve.settings).
+The service's worker starts the grpc.aio server on a background thread (:class:`GrpcThread`)
+beside the HTTP app, sharing its :class:`~sculptserve.app.EmbeddingApp` — so REST and gRPC
+traffic go through the same ONNX sessions, validation and drift window, and show in the same
+/metrics.
 `bentoml serve sculptserve.service:SculptService` without SCULPT_GRPC_PORT serves HTTP alone.
 """
 
@@ -18,24 +20,44 @@ import sys
 import threading
 from typing import Any
 
-ENV_GRPC_PORT = "SCULPT_GRPC_PORT"
-ENV_GRPC_HOST = "SCULPT_GRPC_HOST"
+from sculptserve.settings import load_settings
 
 
 class GrpcThread:
-    """A grpc.aio server on its own event loop in a daemon thread."""
+    """A grpc.aio server on its own event loop in a daemon thread.
 
-    def __init__(self, app: Any, port: int, host: str = "127.0.0.1") -> None:
-        from sculptserve.grpc.server import build_server
+    The same lifecycle as the standalone server (:func:`sculptserve.grpc.server.start_server`
+    and :func:`~sculptserve.grpc.server.stop_server`): health follows the app's readiness
+    while it runs; :meth:`stop` flips health to NOT_SERVING first, then drains in-flight calls
+    within the grace period. ``api_key``: see :func:`~sculptserve.grpc.server.build_server`.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        port: int,
+        host: str = "127.0.0.1",
+        api_key: str | None = None,
+        *,
+        readiness_interval_s: float | None = None,
+    ) -> None:
+        from sculptserve.grpc.server import (
+            READINESS_INTERVAL_S,
+            bound_port,
+            build_server,
+            start_server,
+        )
 
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self.port = port
+        interval = READINESS_INTERVAL_S if readiness_interval_s is None else readiness_interval_s
 
         async def start() -> Any:
-            server = build_server(app, port=port, host=host)
-            await server.start()
+            server = build_server(app, port=port, host=host, api_key=api_key)
+            await start_server(server, readiness_interval_s=interval)
+            self.port = bound_port(server)
             return server
 
         def run() -> None:
@@ -56,15 +78,16 @@ class GrpcThread:
             raise RuntimeError(f"gRPC server could not start on port {port}: {self._error}")
 
     def stop(self, grace: float = 2.0) -> None:
-        """Stop accepting calls, give in-flight ones ``grace`` seconds, end the thread."""
+        """Health NOT_SERVING, then stop accepting calls and give in-flight ones ``grace``
+        seconds; end the thread."""
         if not self._thread.is_alive():
             return
-
-        async def shutdown() -> None:
-            await self._server.stop(grace)
+        from sculptserve.grpc.server import stop_server
 
         # The coroutine is created on the server's own loop: grpc.aio binds to the running loop.
-        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(shutdown()))
+        self._loop.call_soon_threadsafe(
+            lambda: self._loop.create_task(stop_server(self._server, grace))
+        )
         self._thread.join(timeout=grace + 5)
 
 
@@ -109,11 +132,10 @@ def run_serve(
     from sculptserve.bundle import load_bundle
 
     manifest = load_bundle(bundle).manifest  # fail fast, one readable line, before starting
+    settings = load_settings()  # an invalid SCULPT_* value fails here, in one line
     env = {
         **os.environ,
-        "SCULPT_BUNDLE": str(bundle),
-        ENV_GRPC_PORT: str(grpc_port),
-        ENV_GRPC_HOST: host,
+        **settings.child_env(bundle=bundle, grpc_port=grpc_port, grpc_host=host),
     }
     command = bentoml_serve_command(port, host)
     print(

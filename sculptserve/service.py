@@ -1,8 +1,10 @@
 """The REST front end: a BentoML 1.4 service over :class:`sculptserve.app.EmbeddingApp`.
 
 Run with ``SCULPT_BUNDLE=BUNDLE_DIR_OR_TAG bentoml serve sculptserve.service:SculptService``
-(or ``sculpt serve``). All logic lives in ``EmbeddingApp``; this module only translates HTTP.
-No torch is imported anywhere on this path.
+(or ``sculpt serve``). All logic lives in ``EmbeddingApp``; this module only translates HTTP:
+the app returns arrays and this module turns them into JSON (lists, base64 PNGs). Settings
+come from :func:`sculptserve.settings.load_settings` (the worker's ``__init__`` reads them
+once and passes them down). No torch is imported anywhere on this path.
 
 Routes
 ------
@@ -17,7 +19,7 @@ routes come first, so the mount hides nothing. ``/livez``, ``/readyz``, ``/metri
 
 Errors
 ------
-A :class:`~sculptserve.codec.PayloadError` (any client mistake) becomes
+A :class:`~sculptserve.errors.PayloadError` (any client mistake) becomes
 ``bentoml.exceptions.InvalidArgument``, which BentoML answers 400 with the message. Note that
 BentoML 1.4 wraps the body in a list: ``[{"error": "..."}]``. Pydantic type errors are 400
 (``{"error": ..., "detail": [...]}``); the body limit (413) and API key (401) answer
@@ -28,10 +30,11 @@ Threads and batching
 BentoML runs a sync API in worker threads behind a capacity limiter of ``threads`` (the
 service config). BentoML's default of 1 serialized every sync request of a worker: a /drift or
 /info probe waited behind every queued /embed, and no two requests could meet in a batch.
-``SCULPT_API_THREADS`` sets it (default :data:`DEFAULT_API_THREADS`). With ``SCULPT_BATCH=on``
-concurrent ``/embed`` requests (REST and gRPC) meet in the app's
+``SCULPT_API_THREADS`` sets it (default :data:`DEFAULT_API_THREADS`; read when this module is
+imported, because BentoML takes its service config from the decorator). With
+``SCULPT_MICROBATCH=on`` concurrent ``/embed`` requests (REST and gRPC) meet in the app's
 :class:`~sculptserve.batching.MicroBatcher` and share ONNX Runtime calls
-(``SCULPT_BATCH_MAX_SIZE``, ``SCULPT_BATCH_MAX_LATENCY_MS``); it is off by default because
+(``SCULPT_MICROBATCH_MAX_ROWS``, ``SCULPT_MICROBATCH_MAX_WAIT_MS``); it is off by default because
 on CPU it measured no consistent gain (see :mod:`sculptserve.batching`). BentoML's own
 ``batchable=True`` does not fit: it takes a single batched argument, ``embed`` has options
 (``encoding``), calling an internal batchable API from a plain one goes through BentoML's
@@ -58,9 +61,9 @@ with a ``MultiProcessCollector``, so they appear there beside ``bentoml_service_
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
-from collections.abc import Mapping
 from typing import Any
 
 import bentoml
@@ -71,41 +74,40 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sculptserve.app import EmbeddingApp
-from sculptserve.codec import PayloadError
+from sculptserve.app import EmbeddingApp, EmbedResult, GenerateResult, ReconstructResult
+from sculptserve.errors import PayloadError
 from sculptserve.http_guard import HttpGuard
-from sculptserve.serve import ENV_GRPC_HOST, ENV_GRPC_PORT, GrpcThread
+from sculptserve.serve import GrpcThread
+from sculptserve.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
-ENV_API_THREADS = "SCULPT_API_THREADS"
-DEFAULT_API_THREADS = 32
-
-
-def _api_threads(env: Mapping[str, str] | None = None) -> int:
-    """Threads for the sync APIs, from SCULPT_API_THREADS (read when this module is imported:
-    BentoML takes its service config from the decorator)."""
-    text = (os.environ if env is None else env).get(ENV_API_THREADS, "").strip()
-    if not text:
-        return DEFAULT_API_THREADS
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{ENV_API_THREADS}={text!r} is not an integer") from None
-    if value < 1:
-        raise ValueError(f"{ENV_API_THREADS} must be >= 1, got {value}")
-    return value
+DEFAULT_API_THREADS: int = Settings.model_fields["api_threads"].default
 
 
 def _worker_label() -> str:
     """BentoML's worker index for this process ("0" outside a BentoML server)."""
-    try:
-        from bentoml._internal.context import server_context
-
-        index = server_context.worker_index
-    except Exception:  # private API: a missing label must not stop the service
-        index = None
+    index = bentoml.server_context.worker_index
     return str(index if index is not None else 0)
+
+
+# --- arrays -> JSON (the REST form of the app's results) -----------------------------------
+
+
+def embed_body(result: EmbedResult) -> dict[str, Any]:
+    return {"embeddings": result.embeddings.tolist(), "encoding": result.encoding}
+
+
+def reconstruct_body(result: ReconstructResult) -> dict[str, Any]:
+    return {"outputs": result.outputs.tolist()}
+
+
+def generate_body(result: GenerateResult) -> dict[str, Any]:
+    if result.png is not None:
+        samples: list[Any] = [base64.b64encode(png).decode("ascii") for png in result.png]
+    else:
+        samples = result.samples.tolist()
+    return {"latents": result.latents.tolist(), "seed": result.seed, "samples": samples}
 
 
 def _single_process_metrics() -> None:
@@ -114,7 +116,8 @@ def _single_process_metrics() -> None:
     ``bentoml serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` for its workers and /metrics reads that
     dir. Without it (``to_asgi()`` in tests, or embedding the app elsewhere) BentoML's client
     still asks for a ``MultiProcessCollector`` and /metrics fails, so we switch it to the
-    default registry, where the drift metrics live in that case.
+    default registry, where the drift metrics live in that case. (BentoML has no public API
+    for its metrics client, hence the two private imports.)
     """
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return
@@ -127,7 +130,7 @@ def _single_process_metrics() -> None:
 @bentoml.service(
     name="sculpt",
     traffic={"timeout": 60},
-    threads=_api_threads(),
+    threads=load_settings().api_threads,
     envs=[{"name": "OPENBLAS_NUM_THREADS", "value": "1", "stage": "runtime"}],
 )
 class SculptService:
@@ -135,19 +138,20 @@ class SculptService:
 
     def __init__(self) -> None:
         self._app: EmbeddingApp | None = None
+        self._grpc: GrpcThread | None = None
         _single_process_metrics()
-        # from_source reads $SCULPT_BUNDLE (a folder or a BentoML tag) and verifies the bundle
-        # (hashes, manifest, ONNX graphs); RuntimeConfig.from_env sets providers and threads.
-        self._app = EmbeddingApp.from_source(metric_labels={"worker": _worker_label()})
+        settings = load_settings()  # every SCULPT_* variable, read and validated once
+        # The bundle (SCULPT_BUNDLE: a folder or a BentoML tag) is verified (hashes, manifest,
+        # ONNX graphs); the settings give the runtime, limits, micro-batcher and drift switch.
+        self._app = EmbeddingApp.from_settings(settings, metric_labels={"worker": _worker_label()})
         log.info("bundle %s loaded", self._app.bundle.path)
         # `sculpt serve` sets SCULPT_GRPC_PORT: gRPC then runs in this process beside HTTP and
-        # shares this app (runtime, validation, drift window, metrics).
-        self._grpc: GrpcThread | None = None
-        grpc_port = os.environ.get(ENV_GRPC_PORT)
-        if grpc_port:
-            host = os.environ.get(ENV_GRPC_HOST, "127.0.0.1")
-            self._grpc = GrpcThread(self._app, int(grpc_port), host)
-            log.info("gRPC listening on %s:%s", host, grpc_port)
+        # shares this app (runtime, validation, drift window, metrics) and its API key.
+        if settings.grpc_port is not None:
+            self._grpc = GrpcThread(
+                self._app, settings.grpc_port, settings.grpc_host, api_key=settings.api_key
+            )
+            log.info("gRPC listening on %s:%s", settings.grpc_host, self._grpc.port)
 
     @property
     def app(self) -> EmbeddingApp:
@@ -156,17 +160,14 @@ class SculptService:
         return self._app
 
     def __is_ready__(self) -> bool:
-        """Ready once the bundle is loaded and verified and the drift worker runs."""
-        if self._app is None:
-            return False
-        app = self._app
-        monitor_ok = app.monitor is None or app.monitor.worker_alive
-        return monitor_ok and (app.batcher is None or app.batcher.alive)
+        """Ready once the bundle is loaded and verified and the drift worker (and batcher) run;
+        gRPC health follows the same :meth:`EmbeddingApp.ready`."""
+        return self._app is not None and self._app.ready()
 
     @bentoml.on_shutdown
     def close(self) -> None:
-        """Stop the gRPC server, then the app: queued embeds still run, then the batcher and
-        the drift worker stop."""
+        """Stop the gRPC server (health NOT_SERVING first, then in-flight calls drain), then
+        the app: queued embeds still run, then the batcher and the drift worker stop."""
         if getattr(self, "_grpc", None) is not None:
             self._grpc.stop()
         if self._app is not None:
@@ -176,7 +177,7 @@ class SculptService:
     def embed(self, inputs: list, encoding: str = "float32") -> dict[str, Any]:
         """Inputs -> embeddings; `encoding`: float32, float16, uint8 or int8."""
         try:
-            return self.app.embed(inputs, encoding)
+            return embed_body(self.app.embed(inputs, encoding))
         except PayloadError as exc:
             raise InvalidArgument(str(exc)) from None
 
@@ -184,7 +185,7 @@ class SculptService:
     def reconstruct(self, inputs: list) -> dict[str, Any]:
         """Inputs -> decoder(encoder(inputs)), in model space."""
         try:
-            return self.app.reconstruct(inputs)
+            return reconstruct_body(self.app.reconstruct(inputs))
         except PayloadError as exc:
             raise InvalidArgument(str(exc)) from None
 
@@ -199,7 +200,7 @@ class SculptService:
         """`n` decoded prior samples, deterministic for `seed`; `fixed`: {dim: value};
         `output`: array or png (image models)."""
         try:
-            return self.app.generate(n, seed, fixed, output)
+            return generate_body(self.app.generate(n, seed, fixed, output))
         except PayloadError as exc:
             raise InvalidArgument(str(exc)) from None
 
@@ -244,8 +245,8 @@ async def _embed_files(request: Request) -> JSONResponse:
     try:
         # In a worker thread like the BentoML APIs: decoding and the model call (or waiting
         # for a shared batch) must not block the event loop.
-        body = await run_in_threadpool(_current().app.embed, items, encoding)
-        return JSONResponse(body)
+        result = await run_in_threadpool(_current().app.embed, items, encoding)
+        return JSONResponse(embed_body(result))
     except PayloadError as exc:
         return JSONResponse({"error": str(exc)}, 400)
 

@@ -7,7 +7,8 @@ from prometheus_client import CollectorRegistry
 
 from sculptserve.app import EmbeddingApp, ServiceLimits
 from sculptserve.bundle import load_bundle
-from sculptserve.codec import PayloadError
+from sculptserve.errors import PayloadError
+from sculptserve.settings import SculptDeprecationWarning, load_settings
 
 
 @pytest.fixture
@@ -38,17 +39,31 @@ def test_drift_can_be_switched_off(bundle):
 
 
 def test_limits_from_environment():
-    limits = ServiceLimits.from_env({"SCULPT_MAX_ITEMS": "7", "SCULPT_MAX_BODY_BYTES": "1024"})
+    env = {"SCULPT_REQUEST_MAX_ITEMS": "7", "SCULPT_REQUEST_MAX_BYTES": "1024"}
+    limits = load_settings(env).limits()
     assert limits.max_items == 7 and limits.max_body_bytes == 1024 and limits.max_generate == 256
-    with pytest.raises(ValueError, match="SCULPT_MAX_GENERATE"):
-        ServiceLimits.from_env({"SCULPT_MAX_GENERATE": "many"})
+    with pytest.raises(ValueError, match="SCULPT_REQUEST_MAX_SAMPLES"):
+        load_settings({"SCULPT_REQUEST_MAX_SAMPLES": "many"})
     with pytest.raises(ValueError, match="must be >= 1"):
-        ServiceLimits.from_env({"SCULPT_MAX_ITEMS": "0"})
+        load_settings({"SCULPT_REQUEST_MAX_ITEMS": "0"})
+    with pytest.raises(ValueError, match="max_items must be an integer >= 1"):
+        ServiceLimits(max_items=0)
+    # the old names still work for one release, with a warning naming the new one
+    old = {"SCULPT_MAX_ITEMS": "7", "SCULPT_MAX_BODY_BYTES": "1024"}
+    with pytest.warns(SculptDeprecationWarning, match="use SCULPT_REQUEST_MAX_ITEMS"):
+        assert load_settings(old).limits() == limits
+    with (
+        pytest.warns(SculptDeprecationWarning),
+        pytest.raises(ValueError, match="SCULPT_MAX_GENERATE"),
+    ):
+        load_settings({"SCULPT_MAX_GENERATE": "many"})
 
 
 def test_generate_limits(bundle):
     app = EmbeddingApp(bundle, limits=ServiceLimits(max_generate=4), drift_enabled=False)
-    assert len(app.generate(4, seed=1)["samples"]) == 4
+    result = app.generate(4, seed=1)
+    assert result.samples.shape == (4, 1, 4, 4) and result.latents.shape == (4, 3)
+    assert result.png is None and result.seed == 1
     with pytest.raises(PayloadError, match=r"\[1, 4\]"):
         app.generate(5)
     with pytest.raises(PayloadError, match="unknown output"):

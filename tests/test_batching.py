@@ -23,6 +23,7 @@ from sculptserve.app import EmbeddingApp
 from sculptserve.batching import BatchConfig, MicroBatcher
 from sculptserve.bundle import load_bundle
 from sculptserve.codec import PayloadError
+from sculptserve.settings import SculptDeprecationWarning, load_settings
 
 LIVENESS_S = 60.0  # only a guard against a hung test, never a speed requirement
 SHAPE = (1, 4, 4)
@@ -145,8 +146,9 @@ def test_batched_embeddings_match_unbatched_onnx_runtime(tmp_path: Path) -> None
         with ThreadPoolExecutor(12) as pool:
             got = list(pool.map(lambda x: batched.embed(x.tolist()), inputs))
         for x, body in zip(inputs, got, strict=True):
-            z = np.asarray(body["embeddings"], dtype=np.float32)
-            np.testing.assert_allclose(z, plain.embed(x.tolist())["embeddings"], atol=1e-6)
+            z = body.embeddings
+            assert z.dtype == np.float32 and body.encoding == "float32"
+            np.testing.assert_allclose(z, plain.embed(x.tolist()).embeddings, atol=1e-6)
             np.testing.assert_allclose(z, toy_encode(x, w_enc), atol=1e-5)
         stats = batched.batcher.stats()
         assert stats.rows == sum(len(x) for x in inputs)
@@ -174,7 +176,7 @@ def test_client_errors_in_a_batched_app_stay_payload_errors(tmp_path: Path) -> N
             app.embed([], "float32")
         # the failed requests released their reservations: a lone request never waits
         assert app.batcher._reserved == 0
-        assert len(app.embed(np.zeros((2, *SHAPE)).tolist())["embeddings"]) == 2
+        assert len(app.embed(np.zeros((2, *SHAPE)).tolist()).embeddings) == 2
     finally:
         app.close()
 
@@ -355,14 +357,14 @@ def test_app_close_stops_the_batcher(tmp_path: Path) -> None:
     assert app.batcher is not None and app.batcher.alive
     app.close()
     assert not app.batcher.alive
-    assert len(app.embed(np.zeros((1, *SHAPE)).tolist())["embeddings"]) == 1
+    assert len(app.embed(np.zeros((1, *SHAPE)).tolist()).embeddings) == 1
 
 
 def test_an_app_dropped_without_close_stops_its_dispatcher(tmp_path: Path) -> None:
     bundle = load_bundle(make_bundle(tmp_path / "b", input_shape=SHAPE, latent_dim=3))
     app = EmbeddingApp(bundle, drift_enabled=False, batch_config=ON)
     batcher = app.batcher
-    assert batcher is not None and len(app.embed(np.zeros((1, *SHAPE)).tolist())["embeddings"]) == 1
+    assert batcher is not None and len(app.embed(np.zeros((1, *SHAPE)).tolist()).embeddings) == 1
     del app
     gc.collect()  # the dispatcher holds the app only weakly, so the app can go
     batcher._thread.join(LIVENESS_S)
@@ -373,32 +375,52 @@ def test_an_app_dropped_without_close_stops_its_dispatcher(tmp_path: Path) -> No
 
 
 def test_config_from_env() -> None:
-    assert BatchConfig.from_env({}) == BatchConfig() == BatchConfig(False, 64, 2.0)
+    assert load_settings({}).batch_config() == BatchConfig() == BatchConfig(False, 64, 2.0)
     env = {
+        "SCULPT_MICROBATCH": " OFF ",
+        "SCULPT_MICROBATCH_MAX_ROWS": "128",
+        "SCULPT_MICROBATCH_MAX_WAIT_MS": "0.5",
+    }
+    assert load_settings(env).batch_config() == BatchConfig(False, 128, 0.5)
+    env = {"SCULPT_MICROBATCH": "1", "SCULPT_MICROBATCH_MAX_WAIT_MS": "0"}
+    assert load_settings(env).batch_config() == BatchConfig(True, 64, 0.0)
+    # the old names, deprecated for one release, give the same config
+    old = {
         "SCULPT_BATCH": " OFF ",
         "SCULPT_BATCH_MAX_SIZE": "128",
         "SCULPT_BATCH_MAX_LATENCY_MS": "0.5",
     }
-    assert BatchConfig.from_env(env) == BatchConfig(False, 128, 0.5)
-    assert BatchConfig.from_env({"SCULPT_BATCH": "1", "SCULPT_BATCH_MAX_LATENCY_MS": "0"}) == (
-        BatchConfig(True, 64, 0.0)
-    )
+    with pytest.warns(SculptDeprecationWarning, match="SCULPT_BATCH_MAX_SIZE is deprecated"):
+        assert load_settings(old).batch_config() == BatchConfig(False, 128, 0.5)
 
 
 @pytest.mark.parametrize(
     ("env", "message"),
     [
+        ({"SCULPT_MICROBATCH": "maybe"}, "SCULPT_MICROBATCH='maybe' is not a switch"),
+        (
+            {"SCULPT_MICROBATCH_MAX_ROWS": "lots"},
+            "SCULPT_MICROBATCH_MAX_ROWS='lots' is not an integer",
+        ),
+        ({"SCULPT_MICROBATCH_MAX_ROWS": "0"}, "SCULPT_MICROBATCH_MAX_ROWS='0' must be >= 1"),
+        ({"SCULPT_MICROBATCH_MAX_WAIT_MS": "soon"}, "is not a number"),
+        ({"SCULPT_MICROBATCH_MAX_WAIT_MS": "-1"}, r"must be in \[0, 10000\]"),
+        ({"SCULPT_MICROBATCH_MAX_WAIT_MS": "nan"}, r"must be in \[0, 10000\]"),
+        # a deprecated name in use is the one the error names
         ({"SCULPT_BATCH": "maybe"}, "SCULPT_BATCH='maybe' is not a switch"),
         ({"SCULPT_BATCH_MAX_SIZE": "lots"}, "SCULPT_BATCH_MAX_SIZE='lots' is not an integer"),
-        ({"SCULPT_BATCH_MAX_SIZE": "0"}, "max_batch_size must be an integer >= 1"),
+        ({"SCULPT_BATCH_MAX_SIZE": "0"}, "SCULPT_BATCH_MAX_SIZE='0' must be >= 1"),
         ({"SCULPT_BATCH_MAX_LATENCY_MS": "soon"}, "is not a number"),
         ({"SCULPT_BATCH_MAX_LATENCY_MS": "-1"}, r"must be in \[0, 10000\]"),
         ({"SCULPT_BATCH_MAX_LATENCY_MS": "nan"}, r"must be in \[0, 10000\]"),
     ],
 )
+@pytest.mark.filterwarnings("ignore::sculptserve.settings.SculptDeprecationWarning")
 def test_config_from_env_names_bad_values(env: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        BatchConfig.from_env(env)
+        load_settings(env)
+    with pytest.raises(ValueError, match="max_batch_size must be an integer >= 1"):
+        BatchConfig(max_batch_size=0)  # code-built configs are checked as well
 
 
 def test_batcher_arguments_are_checked() -> None:

@@ -430,19 +430,3 @@ def test_bentoml_tags_resolve_in_the_model_store(tmp_path):
         assert "bentoml models list" in out[key]
     assert "sculpt-nope:v9" in out["unknown"]
     assert out["torch"] is False
-
-
-def test_loading_a_bundle_never_imports_torch(bundle_dir):
-    code = (
-        "import sys\n"
-        "from sculptserve.bundle import load_bundle, summarize\n"
-        f"b = load_bundle({str(bundle_dir)!r})\n"
-        "summarize(b); b.prior().sample(4, 0); b.reference()\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
-        "print('ok')\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=bundle_dir.parent, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "ok"

@@ -19,6 +19,7 @@ from pathlib import Path
 import jsonschema
 import kubernetes_validate
 import pytest
+import yaml
 from test_deploy_support import (
     K8S_VERSIONS,
     KUSTOMIZATIONS,
@@ -33,7 +34,8 @@ from test_deploy_support import (
     validate,
 )
 
-from sculptserve.runtime import PROVIDER_ALIASES, RuntimeConfig
+from sculptserve.runtime import PROVIDER_ALIASES
+from sculptserve.settings import RENAMED, Settings, load_settings
 
 SERVICE_LABELS = {"app.kubernetes.io/name": "sculpt", "app.kubernetes.io/component": "server"}
 
@@ -183,7 +185,7 @@ def test_ort_threads_follow_the_cpu_limit(overlay: str) -> None:
     assert ref == {"containerName": c["name"], "resource": "limits.cpu", "divisor": "1"}
     # The downward API hands the limit rounded up to whole CPUs; the runtime accepts that.
     threads = math.ceil(cpus(c["resources"]["limits"]["cpu"]))
-    config = RuntimeConfig.from_env({"SCULPT_ORT_THREADS": str(threads)})
+    config = load_settings({"SCULPT_ORT_THREADS": str(threads)}).runtime_config()
     assert config.resolved_threads() == threads >= 1
     assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
     assert c["resources"]["limits"]["memory"]
@@ -191,16 +193,15 @@ def test_ort_threads_follow_the_cpu_limit(overlay: str) -> None:
 
 @pytest.mark.parametrize("overlay", SERVICE_OVERLAYS)
 def test_api_key_comes_from_a_required_secret(overlay: str) -> None:
-    from sculptserve.http_guard import ENV_API_KEY
-
     c = container(find(render(overlay), "Deployment", "sculpt"))
-    ref = env_of(c)[ENV_API_KEY]["valueFrom"]["secretKeyRef"]
+    ref = env_of(c)[Settings.variable("api_key")]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "sculpt-api-key", "key": "api-key"}  # not optional: no silent open API
 
 
 def test_every_sculpt_variable_is_one_the_code_reads() -> None:
-    """A misspelt SCULPT_* name would be ignored silently by the service."""
-    sources = "\n".join(p.read_text() for p in (REPO / "sculptserve").rglob("*.py"))
+    """A misspelt SCULPT_* name would be ignored silently by the service; a deprecated one
+    would stop working after the next release."""
+    known = {Settings.variable(field) for field in Settings.model_fields}
     names = {
         name
         for overlay in SERVICE_OVERLAYS
@@ -208,8 +209,13 @@ def test_every_sculpt_variable_is_one_the_code_reads() -> None:
         if name.startswith("SCULPT_")
     }
     assert {"SCULPT_GRPC_PORT", "SCULPT_ORT_THREADS", "SCULPT_API_KEY"} <= names
-    unknown = sorted(n for n in names if f'"{n}"' not in sources)
-    assert not unknown, f"not read anywhere in sculptserve/: {unknown}"
+    for bentofile in ("bentofile.yaml", "bentofile.gpu.yaml"):
+        envs = yaml.safe_load((REPO / bentofile).read_text()).get("envs", [])
+        names |= {e["name"] for e in envs if e["name"].startswith("SCULPT_")}
+    unknown = sorted(names - known)
+    assert not unknown, f"not settings of sculptserve.settings.Settings: {unknown}"
+    deprecated = sorted(names & set(RENAMED))
+    assert not deprecated, f"deprecated names (use {[RENAMED[n] for n in deprecated]})"
 
 
 def test_gpu_overlay_differs_from_cpu_only_where_it_should() -> None:

@@ -1,18 +1,18 @@
-"""The serving-side package must stay torch-free: scoring embeddings never loads torch."""
+"""What the import-linter contracts (pyproject.toml, tests/test_architecture.py) cannot say.
+
+The contracts forbid torch on the serving and statistics side outright. The CLI may import
+training (and so torch) inside `sculpt train`, but only there: importing the command line
+itself, which every serving command goes through, must not load torch.
+"""
 
 import subprocess
 import sys
 
 
-def test_core_and_cli_do_not_import_torch(tmp_path):
+def test_cli_import_does_not_load_torch(tmp_path):
     code = (
-        "import sys, numpy as np\n"
-        "import sculptserve.cli, sculptserve.lps, sculptserve.metrics, sculptserve.mmd, "
-        "sculptserve.priors\n"
-        "z = np.random.default_rng(0).normal(size=(200, 3))\n"
-        "sculptserve.lps.latent_predictability(z, 'linear')\n"
-        "sculptserve.metrics.ks_to_prior(z, sculptserve.priors.parse_prior('gaussian', dim=3))\n"
-        "sculptserve.mmd.permutation_test(z[:100], z[100:], n_permutations=10)\n"
+        "import sys\n"
+        "import sculptserve.cli, sculptserve.__main__\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)

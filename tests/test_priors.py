@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -623,12 +621,6 @@ def test_direct_construction_validates_too():
     assert GaussianPrior(dim=2, std=[1.0, 2.0]).var().tolist() == [1.0, 4.0]
     with pytest.raises(ValueError, match="std must be > 0"):
         GaussianPrior(dim=2, std=-1.0)
-
-
-def test_import_does_not_pull_in_torch():
-    code = "import sys, sculptserve.priors; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
 
 
 def test_array_arguments_are_checked():

@@ -9,16 +9,15 @@ import pytest
 from bundle_factory import make_bundle, toy_decode, toy_encode, toy_weights
 
 from sculptserve.bundle import load_bundle
-from sculptserve.codec import PayloadError
-from sculptserve.runtime import (
-    ENV_MAX_BATCH,
-    ENV_PROVIDERS,
-    ENV_SPINNING,
-    ENV_THREADS,
-    EmbeddingRuntime,
-    RuntimeConfig,
-    available_cpus,
-)
+from sculptserve.errors import PayloadError
+from sculptserve.runtime import EmbeddingRuntime, RuntimeConfig, available_cpus
+from sculptserve.settings import SculptDeprecationWarning, load_settings
+
+ENV_THREADS = "SCULPT_ORT_THREADS"
+ENV_PROVIDERS = "SCULPT_ORT_PROVIDERS"
+ENV_MAX_ROWS = "SCULPT_ORT_MAX_ROWS"
+ENV_MAX_BATCH = "SCULPT_MAX_BATCH"  # the deprecated name of SCULPT_ORT_MAX_ROWS
+ENV_SPINNING = "SCULPT_ORT_SPINNING"
 
 SHAPE = (1, 4, 4)
 D = 3
@@ -41,7 +40,7 @@ def weights():
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    for name in (ENV_THREADS, ENV_PROVIDERS, ENV_MAX_BATCH, ENV_SPINNING):
+    for name in (ENV_THREADS, ENV_PROVIDERS, ENV_MAX_ROWS, ENV_MAX_BATCH, ENV_SPINNING):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -168,10 +167,11 @@ def test_thread_counts_reach_the_sessions(bundle, monkeypatch):
         opts = rt.session_options(role)
         assert opts.intra_op_num_threads == 2 and opts.inter_op_num_threads == 1
     monkeypatch.setenv(ENV_THREADS, "3")
-    rt = EmbeddingRuntime(bundle)  # intra_op_threads=None -> the environment
+    rt = EmbeddingRuntime(bundle, load_settings().runtime_config())  # from the environment
     assert rt.intra_op_threads == 3 and rt.session_options().intra_op_num_threads == 3
-    monkeypatch.delenv(ENV_THREADS)
+    # a config built in code never reads the environment: None means the CPUs
     assert RuntimeConfig().resolved_threads() == available_cpus()
+    assert EmbeddingRuntime(bundle).intra_op_threads == available_cpus()
 
 
 def test_pool_threads_sleep_unless_spinning_is_asked_for(bundle, monkeypatch):
@@ -185,7 +185,7 @@ def test_pool_threads_sleep_unless_spinning_is_asked_for(bundle, monkeypatch):
     rt = EmbeddingRuntime(bundle, RuntimeConfig(intra_op_threads=1))
     assert spinning(rt, "encoder") == spinning(rt, "decoder") == ("0", "0")
     monkeypatch.setenv(ENV_SPINNING, "on")
-    rt = EmbeddingRuntime(bundle, RuntimeConfig.from_env())
+    rt = EmbeddingRuntime(bundle, load_settings().runtime_config())
     assert spinning(rt, "encoder") == spinning(rt, "decoder") == ("1", "1")
     with pytest.raises(ValueError, match="spinning must be a bool"):
         RuntimeConfig(spinning="yes")
@@ -209,18 +209,26 @@ def test_available_cpus_respects_affinity_and_cgroup_quota(tmp_path):
     assert available_cpus(v1) == 1
 
 
+def runtime_config(env):
+    return load_settings(env).runtime_config()
+
+
 def test_from_env_parses_every_variable():
-    env = {ENV_THREADS: " 4 ", ENV_PROVIDERS: "cpu", ENV_MAX_BATCH: "256"}
-    cfg = RuntimeConfig.from_env(env)
+    env = {ENV_THREADS: " 4 ", ENV_PROVIDERS: "cpu", ENV_MAX_ROWS: "256"}
+    cfg = runtime_config(env)
     assert cfg == RuntimeConfig(
         intra_op_threads=4, providers=("CPUExecutionProvider",), max_batch=256
     )
-    assert RuntimeConfig.from_env({}) == RuntimeConfig()
-    assert RuntimeConfig.from_env({ENV_THREADS: "", ENV_PROVIDERS: " "}) == RuntimeConfig()
+    assert runtime_config({}) == RuntimeConfig()
+    assert runtime_config({ENV_THREADS: "", ENV_PROVIDERS: " "}) == RuntimeConfig()
     for text, value in (("on", True), (" OFF ", False), ("1", True), ("false", False)):
-        assert RuntimeConfig.from_env({ENV_SPINNING: text}).spinning is value
-    full = RuntimeConfig.from_env({ENV_PROVIDERS: "CPUExecutionProvider,"})
+        assert runtime_config({ENV_SPINNING: text}).spinning is value
+    full = runtime_config({ENV_PROVIDERS: "CPUExecutionProvider,"})
     assert full.providers == ("CPUExecutionProvider",)
+    with pytest.warns(SculptDeprecationWarning, match="SCULPT_MAX_BATCH is deprecated.*"):
+        assert runtime_config({ENV_MAX_BATCH: "256"}).max_batch == 256
+    with pytest.warns(SculptDeprecationWarning, match="SCULPT_ORT_MAX_ROWS is also set and wins"):
+        assert runtime_config({ENV_MAX_BATCH: "256", ENV_MAX_ROWS: "8"}).max_batch == 8
 
 
 @pytest.mark.parametrize(
@@ -228,6 +236,8 @@ def test_from_env_parses_every_variable():
     [
         ({ENV_THREADS: "two"}, "SCULPT_ORT_THREADS='two' is not an integer"),
         ({ENV_THREADS: "0"}, "SCULPT_ORT_THREADS='0' must be >= 1"),
+        ({ENV_MAX_ROWS: "-5"}, "SCULPT_ORT_MAX_ROWS='-5' must be >= 1"),
+        ({ENV_MAX_ROWS: "1.5"}, "SCULPT_ORT_MAX_ROWS='1.5' is not an integer"),
         ({ENV_MAX_BATCH: "-5"}, "SCULPT_MAX_BATCH='-5' must be >= 1"),
         ({ENV_MAX_BATCH: "1.5"}, "SCULPT_MAX_BATCH='1.5' is not an integer"),
         ({ENV_PROVIDERS: "NopeExecutionProvider"}, "SCULPT_ORT_PROVIDERS=.* names Nope"),
@@ -235,14 +245,15 @@ def test_from_env_parses_every_variable():
         ({ENV_SPINNING: "sometimes"}, "SCULPT_ORT_SPINNING='sometimes' is not a switch"),
     ],
 )
+@pytest.mark.filterwarnings("ignore::sculptserve.settings.SculptDeprecationWarning")
 def test_from_env_errors_name_the_variable(env, pattern):
     with pytest.raises(ValueError, match=pattern):
-        RuntimeConfig.from_env(env)
+        runtime_config(env)
 
 
 def test_from_env_reads_os_environ(monkeypatch):
-    monkeypatch.setenv(ENV_MAX_BATCH, "7")
-    assert RuntimeConfig.from_env().max_batch == 7
+    monkeypatch.setenv(ENV_MAX_ROWS, "7")
+    assert load_settings().runtime_config().max_batch == 7
 
 
 def test_config_validation_and_providers(bundle):
@@ -258,13 +269,13 @@ def test_config_validation_and_providers(bundle):
     assert rt.providers == ["CPUExecutionProvider"]
 
 
-def test_serving_imports_no_torch():
+def test_runtime_and_codec_import_no_transport():
     import subprocess
     import sys
 
     code = (
         "import sys, sculptserve.runtime, sculptserve.codec; "
-        "bad = [m for m in ('torch', 'bentoml', 'grpc', 'fastapi') if m in sys.modules]; "
+        "bad = [m for m in ('bentoml', 'grpc', 'fastapi') if m in sys.modules]; "
         "print(','.join(bad))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

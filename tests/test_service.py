@@ -276,15 +276,17 @@ def test_health_metrics_and_docs(client: TestClient) -> None:
 
 
 def test_service_config_threads_blas_and_json_responses(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sculptserve.service import DEFAULT_API_THREADS, ENV_API_THREADS, _api_threads
+    from sculptserve.service import DEFAULT_API_THREADS
+    from sculptserve.settings import load_settings
 
+    env_api_threads = "SCULPT_API_THREADS"
     # Several sync-API threads, or concurrent requests could never meet in a batch.
-    assert _api_threads({}) == DEFAULT_API_THREADS > 1
-    assert _api_threads({ENV_API_THREADS: " 4 "}) == 4
+    assert load_settings({}).api_threads == DEFAULT_API_THREADS > 1
+    assert load_settings({env_api_threads: " 4 "}).api_threads == 4
     for bad in ("0", "many"):
-        with pytest.raises(ValueError, match=ENV_API_THREADS):
-            _api_threads({ENV_API_THREADS: bad})
-    monkeypatch.delenv(ENV_API_THREADS, raising=False)
+        with pytest.raises(ValueError, match=env_api_threads):
+            load_settings({env_api_threads: bad})
+    monkeypatch.delenv(env_api_threads, raising=False)
     assert SculptService.config["threads"] == DEFAULT_API_THREADS
     envs = {e.name: (e.value, e.stage) for e in SculptService.envs}
     assert envs["OPENBLAS_NUM_THREADS"] == ("1", "runtime")
@@ -297,7 +299,7 @@ def test_concurrent_embeds_are_batched_and_each_gets_its_own(
 ) -> None:
     w_enc, _ = toy_weights(SHAPE, LATENT)
     inputs = [_inputs(n, seed=n) for n in range(1, 13)]
-    with _client(monkeypatch, bundle_dir, SCULPT_BATCH="on") as client:
+    with _client(monkeypatch, bundle_dir, SCULPT_MICROBATCH="on") as client:
 
         def embed(x: np.ndarray) -> np.ndarray:
             resp = client.post("/embed", json={"inputs": [_raw(row) for row in x]})
@@ -394,14 +396,14 @@ def test_multipart_without_boundary_is_400(client: TestClient) -> None:
 
 
 def test_too_many_items(monkeypatch: pytest.MonkeyPatch, bundle_dir: Path) -> None:
-    with _client(monkeypatch, bundle_dir, SCULPT_MAX_ITEMS="4") as c:
+    with _client(monkeypatch, bundle_dir, SCULPT_REQUEST_MAX_ITEMS="4") as c:
         resp = c.post("/embed", json={"inputs": _inputs(5).tolist()})
         assert resp.status_code == 400
         assert "too many items" in _error(resp)
 
 
 def test_body_limit(monkeypatch: pytest.MonkeyPatch, bundle_dir: Path) -> None:
-    with _client(monkeypatch, bundle_dir, SCULPT_MAX_BODY_BYTES="2000") as c:
+    with _client(monkeypatch, bundle_dir, SCULPT_REQUEST_MAX_BYTES="2000") as c:
         small = c.post("/embed", json={"inputs": _inputs(1).tolist()})
         assert small.status_code == 200, small.text
         big = json.dumps({"inputs": _inputs(20).tolist()}).encode()

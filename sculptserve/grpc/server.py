@@ -5,7 +5,18 @@ same :class:`~sculptserve.app.EmbeddingApp` as REST: same runtime, validation, l
 monitor and metrics. Besides `sculpt.v1.Sculpt` it serves ``grpc.health.v1.Health`` and server
 reflection, both open without the API key (probes and grpcurl need no secret).
 
-Errors: a :class:`~sculptserve.codec.PayloadError` is ``INVALID_ARGUMENT`` with its message;
+The app returns arrays (:class:`~sculptserve.app.EmbedResult` & co.); this module puts them
+into ``Tensor`` messages (and PNG files into ``bytes``) without a detour through lists.
+
+Lifecycle (one for the standalone server and the in-worker :class:`~sculptserve.serve.
+GrpcThread`): :func:`start_server` starts the server and a task that keeps
+``grpc.health.v1`` in step with :meth:`EmbeddingApp.ready` (the check REST's /readyz uses:
+NOT_SERVING while it would fail, SERVING while it passes; a ``Check`` also refreshes it);
+:func:`stop_server` first flips health to NOT_SERVING for good
+(``enter_graceful_shutdown``), so balancers stop sending, then stops accepting calls and
+gives the in-flight ones a grace period to finish.
+
+Errors: a :class:`~sculptserve.errors.PayloadError` is ``INVALID_ARGUMENT`` with its message;
 a message over ``ServiceLimits.max_body_bytes`` is ``RESOURCE_EXHAUSTED`` (gRPC's own receive
 limit); a missing or wrong key is ``UNAUTHENTICATED``; anything else is logged and answered
 with a generic ``INTERNAL``, and the server keeps serving.
@@ -17,18 +28,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
+import contextlib
 import functools
 import hmac
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
@@ -37,16 +47,27 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sculptserve.app import EmbeddingApp
-from sculptserve.codec import ENCODINGS, PayloadError
+from sculptserve.errors import PayloadError
 from sculptserve.grpc import sculpt_pb2 as pb
 from sculptserve.grpc import sculpt_pb2_grpc as pb_grpc
+from sculptserve.settings import load_settings
 
-__all__ = ["DEFAULT_PORT", "ENV_API_KEY", "SERVICE_NAME", "bound_port", "build_server", "serve"]
+__all__ = [
+    "DEFAULT_PORT",
+    "READINESS_INTERVAL_S",
+    "SERVICE_NAME",
+    "bound_port",
+    "build_server",
+    "health_servicer",
+    "serve",
+    "start_server",
+    "stop_server",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 50051
-ENV_API_KEY = "SCULPT_API_KEY"
+READINESS_INTERVAL_S = 1.0  # how often a running server re-reads the app's readiness
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Sculpt"].full_name  # "sculpt.v1.Sculpt"
 _PROTECTED_PREFIX = f"/{SERVICE_NAME}/"
 _INTERNAL_MESSAGE = "internal server error; the server log has the details"
@@ -140,32 +161,33 @@ class SculptServicer(pb_grpc.SculptServicer):
     async def Embed(self, request: pb.EmbedRequest, context: Any) -> pb.EmbedResponse:
         encoding = request.encoding or "float32"
         items = _inputs(request.inputs)
-        body = await asyncio.to_thread(self.app.embed, items, encoding)
-        codes = np.asarray(body["embeddings"], dtype=ENCODINGS[encoding].dtype)
-        return pb.EmbedResponse(embeddings=to_tensor(codes, encoding), encoding=encoding)
+        result = await asyncio.to_thread(self.app.embed, items, encoding)
+        return pb.EmbedResponse(
+            embeddings=to_tensor(result.embeddings, result.encoding), encoding=result.encoding
+        )
 
     @_guarded
     async def Reconstruct(
         self, request: pb.ReconstructRequest, context: Any
     ) -> pb.ReconstructResponse:
         items = _inputs(request.inputs)
-        body = await asyncio.to_thread(self.app.reconstruct, items)
-        outputs = np.asarray(body["outputs"], dtype=np.float32)
-        return pb.ReconstructResponse(outputs=to_tensor(outputs, "float32"))
+        result = await asyncio.to_thread(self.app.reconstruct, items)
+        return pb.ReconstructResponse(outputs=to_tensor(result.outputs, "float32"))
 
     @_guarded
     async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
         output = request.output or "array"
         fixed = dict(request.fixed) or None
-        body = await asyncio.to_thread(
+        result = await asyncio.to_thread(
             self.app.generate, int(request.n), int(request.seed), fixed, output
         )
-        latents = np.asarray(body["latents"], dtype=np.float32)
-        response = pb.GenerateResponse(latents=to_tensor(latents, "float32"), seed=body["seed"])
-        if output == "png":
-            response.png.extend(base64.b64decode(s) for s in body["samples"])
+        response = pb.GenerateResponse(
+            latents=to_tensor(result.latents, "float32"), seed=result.seed
+        )
+        if result.png is not None:
+            response.png.extend(result.png)
         else:
-            response.samples.CopyFrom(to_tensor(np.asarray(body["samples"], np.float32)))
+            response.samples.CopyFrom(to_tensor(result.samples, "float32"))
         return response
 
     @_guarded
@@ -237,30 +259,60 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
 # --- server ------------------------------------------------------------------------------------
 
 
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
 class _HealthServicer(health.aio.HealthServicer):
-    """The stock async health servicer, with statuses settable before the loop runs."""
+    """The stock async health servicer, following ``ready()`` for ``services``.
 
-    def __init__(self, serving: Sequence[str]) -> None:
+    Statuses are settable before the loop runs (build time); :meth:`refresh` re-reads
+    ``ready()`` (every ``Check`` does, and the task of :func:`start_server` periodically, so
+    ``Watch`` streams see changes). After ``enter_graceful_shutdown`` every service stays
+    NOT_SERVING (the stock servicer ignores later ``set`` calls).
+    """
+
+    def __init__(self, services: Sequence[str], ready: Callable[[], bool]) -> None:
         super().__init__()
-        for service in serving:
+        self._services = tuple(services)
+        self._ready = ready
+        status = _SERVING if self._read_ready() else _NOT_SERVING
+        for service in self._services:
             # no watcher can exist yet, so a plain write is what the async set() would do
-            self._server_status[service] = health_pb2.HealthCheckResponse.SERVING
+            self._server_status[service] = status
+
+    def _read_ready(self) -> bool:
+        try:
+            return bool(self._ready())
+        except Exception:  # a failing readiness check means not ready, never a crash
+            log.exception("the readiness check failed")
+            return False
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._gracefully_shutting_down
+
+    async def refresh(self) -> None:
+        """Set every service to SERVING or NOT_SERVING as ``ready()`` says now."""
+        status = _SERVING if self._read_ready() else _NOT_SERVING
+        for service in self._services:
+            if self._server_status.get(service) != status:
+                await self.set(service, status)
+
+    async def Check(self, request: Any, context: Any) -> Any:
+        await self.refresh()
+        return await super().Check(request, context)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Bound:
     port: int
     address: str
     health: _HealthServicer
+    watcher: asyncio.Task[None] | None = field(default=None)
 
 
 _BOUND: weakref.WeakKeyDictionary[grpc.aio.Server, _Bound] = weakref.WeakKeyDictionary()
-
-
-def _resolve_key(api_key: str | None) -> str | None:
-    """The explicit key, else $SCULPT_API_KEY; an empty string means no key."""
-    key = os.environ.get(ENV_API_KEY) if api_key is None else api_key
-    return key or None
 
 
 def build_server(
@@ -271,12 +323,14 @@ def build_server(
 ) -> grpc.aio.Server:
     """A ready-to-start server for ``app`` on ``host:port`` (port 0: any free port).
 
-    ``api_key`` None reads $SCULPT_API_KEY; no key (or an empty one) leaves the API open.
-    The app is loaded and verified already, so health says SERVING from the start. The
-    bound port is :func:`bound_port` (``server.add_insecure_port`` already ran).
+    ``api_key``: required as ``authorization: Bearer KEY`` on `sculpt.v1.Sculpt` calls; None
+    or empty leaves the API open (the entry points pass ``Settings.api_key``). Health starts
+    as ``app.ready()`` says (the app is loaded and verified already, so normally SERVING).
+    The bound port is :func:`bound_port` (``server.add_insecure_port`` already ran). Start it
+    with :func:`start_server` and stop it with :func:`stop_server` for health to follow
+    readiness and the graceful shutdown.
     """
-    key = _resolve_key(api_key)
-    interceptors = [ApiKeyInterceptor(key)] if key else []
+    interceptors = [ApiKeyInterceptor(api_key)] if api_key else []
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -285,7 +339,7 @@ def build_server(
         ],
     )
     pb_grpc.add_SculptServicer_to_server(SculptServicer(app), server)
-    health_servicer = _HealthServicer(serving=("", SERVICE_NAME))
+    health_servicer = _HealthServicer(services=("", SERVICE_NAME), ready=app.ready)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -303,6 +357,42 @@ def bound_port(server: grpc.aio.Server) -> int:
     return _BOUND[server].port
 
 
+def health_servicer(server: grpc.aio.Server) -> _HealthServicer:
+    """The health servicer of a :func:`build_server` server."""
+    return _BOUND[server].health
+
+
+async def _follow_readiness(servicer: _HealthServicer, interval_s: float) -> None:
+    while not servicer.shutting_down:
+        await servicer.refresh()
+        await asyncio.sleep(interval_s)
+
+
+async def start_server(
+    server: grpc.aio.Server, *, readiness_interval_s: float = READINESS_INTERVAL_S
+) -> None:
+    """Start ``server`` and keep its health in step with the app's readiness."""
+    bound = _BOUND[server]
+    await server.start()
+    bound.watcher = asyncio.get_running_loop().create_task(
+        _follow_readiness(bound.health, readiness_interval_s), name="sculpt-grpc-readiness"
+    )
+    log.info("gRPC %s listening on %s:%d", SERVICE_NAME, bound.address, bound.port)
+
+
+async def stop_server(server: grpc.aio.Server, grace_s: float | None = 5.0) -> None:
+    """The graceful shutdown: health turns NOT_SERVING for good first (balancers and probes
+    stop sending), then the server refuses new calls and in-flight ones get ``grace_s``
+    seconds to finish before they are cancelled."""
+    bound = _BOUND[server]
+    await bound.health.enter_graceful_shutdown()
+    if bound.watcher is not None:
+        bound.watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await bound.watcher
+    await server.stop(grace_s)
+
+
 async def serve(
     app: EmbeddingApp,
     port: int = DEFAULT_PORT,
@@ -315,23 +405,19 @@ async def serve(
 ) -> None:
     """Serve until ``stop`` is set (or the server terminates); the app stays open.
 
-    ``on_ready(port)`` runs once the server listens. On stop, health turns NOT_SERVING first
-    so balancers drain, then in-flight calls get ``grace_s`` seconds to finish.
+    ``on_ready(port)`` runs once the server listens. On stop: :func:`stop_server`.
     """
     server = build_server(app, port=port, host=host, api_key=api_key)
-    bound = _BOUND[server]
-    await server.start()
-    log.info("gRPC %s listening on %s:%d", SERVICE_NAME, bound.address, bound.port)
+    await start_server(server)
     if on_ready is not None:
-        on_ready(bound.port)
+        on_ready(bound_port(server))
     try:
         if stop is None:
             await server.wait_for_termination()
         else:
             await stop.wait()
     finally:
-        await bound.health.enter_graceful_shutdown()
-        await server.stop(grace_s)
+        await stop_server(server, grace_s)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -339,7 +425,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m sculptserve.grpc.server",
         description=f"Serve a bundle over gRPC ({SERVICE_NAME}, health, reflection).",
     )
-    parser.add_argument("--bundle", help="bundle folder or BentoML tag (default: $SCULPT_BUNDLE)")
+    parser.add_argument("--bundle", help="bundle folder or BentoML tag (default: SCULPT_BUNDLE)")
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
     )
@@ -349,7 +435,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def _run(app: EmbeddingApp, host: str, port: int) -> None:
+async def _run(app: EmbeddingApp, host: str, port: int, api_key: str | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -359,7 +445,7 @@ async def _run(app: EmbeddingApp, host: str, port: int) -> None:
         # one parseable line: scripts and tests wait for it (and read the port when --port 0)
         print(f"sculpt gRPC listening on {host}:{bound}", flush=True)
 
-    await serve(app, port=port, host=host, stop=stop, on_ready=ready)
+    await serve(app, port=port, host=host, api_key=api_key, stop=stop, on_ready=ready)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -367,12 +453,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        app = EmbeddingApp.from_source(args.bundle)
+        settings = load_settings()  # SCULPT_BUNDLE, SCULPT_API_KEY, limits, runtime, ...
+        app = EmbeddingApp.from_settings(settings, args.bundle)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_run(app, args.host, args.port))
+        asyncio.run(_run(app, args.host, args.port, settings.api_key))
     finally:
         app.close()
     return 0

@@ -1,0 +1,16 @@
+"""The core's client-error type, shared by every transport.
+
+A :class:`PayloadError` is any mistake of the client's (bad shape, NaN, undecodable image,
+unknown encoding, limits): REST answers it with 400, gRPC with INVALID_ARGUMENT. It is raised
+by the core (:mod:`sculptserve.app`) and the modules it uses for requests (the input codec,
+the runtime); it lives here, below all of them, so none depends on a transport or the codec
+for it. ``sculptserve.codec.PayloadError`` remains as an alias during the transition.
+"""
+
+from __future__ import annotations
+
+__all__ = ["PayloadError"]
+
+
+class PayloadError(ValueError):
+    """A client sent something unusable; the message says which item and what was wrong."""
