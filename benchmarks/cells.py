@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -115,6 +116,7 @@ def score(run_dir: Path, evaluation: EvalConfig = EVAL) -> tuple[dict[str, Any],
 
 def run_cell(cell: Cell, out: Path, evaluation: EvalConfig = EVAL) -> list[dict[str, Any]]:
     """Train ``cell`` through its checkpoints, scoring each once; return its records."""
+    from training.checkpoint import latest_checkpoint
     from training.config import ConfigError
     from training.trainer import train
 
@@ -130,6 +132,8 @@ def run_cell(cell: Cell, out: Path, evaluation: EvalConfig = EVAL) -> list[dict[
             raise ConfigError(f"{run_dir} is at step {at}, past the unscored checkpoint {step}")
         summary: dict[str, Any] = {}
         if at < step:
+            if (run_dir / "config.json").exists() and latest_checkpoint(run_dir) is None:
+                shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to keep
             resume = (run_dir / "config.json").exists()
             summary = train(cell.config(out, step), resume=resume, explicit={"max_steps"},
                             progress=False)  # fmt: skip

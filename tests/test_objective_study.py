@@ -97,6 +97,10 @@ def test_cell_trains_in_segments_scores_each_checkpoint_once_and_resumes(tmp_pat
     assert [r["step"] for r in records] == [2, 4, 6]
     assert eval_path(tmp_path, cell, 2).read_text() == first
     assert json.loads((tmp_path / cell.name / "summary.json").read_text())["step"] == 6
+    killed = Cell("budget/killed/s0", "budget", "tiny", 0, (2,), options)
+    (tmp_path / killed.name).mkdir(parents=True)  # a run killed before its first checkpoint
+    (tmp_path / killed.name / "config.json").write_text("{}")
+    assert [r["step"] for r in run_cell(killed, tmp_path, TINY_EVAL)] == [2]
     relabelled = Cell(cell.name, "objective", "paper", 0, (4,), options)
     assert [(r["group"], r["label"]) for r in collect([relabelled], tmp_path)] == [
         ("objective", "paper")
