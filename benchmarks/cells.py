@@ -114,11 +114,22 @@ def score(run_dir: Path, evaluation: EvalConfig = EVAL) -> tuple[dict[str, Any],
     return values, time.perf_counter() - start
 
 
+def train_resumable(config: Any) -> dict[str, Any]:
+    """Train ``config.out`` to ``config.max_steps``, resuming a run that was stopped part-way
+    (a killed session, or an earlier segment); return the trainer's summary."""
+    from training.checkpoint import latest_checkpoint
+    from training.trainer import train
+
+    run_dir = Path(config.out)
+    if (run_dir / "config.json").exists() and latest_checkpoint(run_dir) is None:
+        shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to keep
+    resume = (run_dir / "config.json").exists()
+    return train(config, resume=resume, explicit={"max_steps"}, progress=False)
+
+
 def run_cell(cell: Cell, out: Path, evaluation: EvalConfig = EVAL) -> list[dict[str, Any]]:
     """Train ``cell`` through its checkpoints, scoring each once; return its records."""
-    from training.checkpoint import latest_checkpoint
     from training.config import ConfigError
-    from training.trainer import train
 
     run_dir = out / cell.name
     records = []
@@ -130,13 +141,7 @@ def run_cell(cell: Cell, out: Path, evaluation: EvalConfig = EVAL) -> list[dict[
         at = trained_step(run_dir)
         if at > step:
             raise ConfigError(f"{run_dir} is at step {at}, past the unscored checkpoint {step}")
-        summary: dict[str, Any] = {}
-        if at < step:
-            if (run_dir / "config.json").exists() and latest_checkpoint(run_dir) is None:
-                shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to keep
-            resume = (run_dir / "config.json").exists()
-            summary = train(cell.config(out, step), resume=resume, explicit={"max_steps"},
-                            progress=False)  # fmt: skip
+        summary = train_resumable(cell.config(out, step)) if at < step else {}
         values, eval_s = score(run_dir, evaluation)
         record = {
             **asdict(cell),

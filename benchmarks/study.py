@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cells import train_resumable, trained_step
 from study_report import render_study
 
 from sculptserve.evaluation import EvalConfig
@@ -187,7 +188,7 @@ def train_config(exp: Experiment, size: Size, out: Path, device: str) -> Any:
         device=device,
         val_size=size.val_size,
         val_every=data.max_steps,
-        checkpoint_every=data.max_steps,
+        checkpoint_every=min(200, data.max_steps),  # an interrupted study loses <= 200 steps
         report=False,
         **{"independence": 0.0, **options},  # the paper's objective unless a method says
     )
@@ -237,7 +238,6 @@ def run_experiment(exp: Experiment, size: Size, out: Path, device: str) -> dict[
     """Train (unless finished) and score one experiment; returns its record."""
     from sculptserve.eval_sources import EvalRequest, load_eval_inputs
     from sculptserve.evaluation import evaluate
-    from training.trainer import train
 
     run_dir = out / exp.name
     cached = run_dir / "study-record.json"
@@ -247,8 +247,8 @@ def run_experiment(exp: Experiment, size: Size, out: Path, device: str) -> dict[
     # LPS-mlp (the costliest score) is for the paper's table; the side studies use the rest.
     evaluation = size.eval if exp.group == "main" else replace(size.eval, regressors=SIDE_LPS)
     start = time.perf_counter()
-    if not (run_dir / "summary.json").exists():
-        train(config, progress=False)
+    if trained_step(run_dir) < config.max_steps:
+        train_resumable(config)  # picks up a model that an interrupted study left part-trained
     train_s = time.perf_counter() - start
     _, inputs = load_eval_inputs(EvalRequest(str(run_dir), evaluation))
     result = evaluate(inputs, evaluation)
