@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
 
-from sculptserve.lps import REGRESSORS, latent_predictability
+from sculptserve.stats.lps import REGRESSORS, latent_predictability
 
 
 def make_latents(n: int, d: int, seed: int = 0) -> np.ndarray:

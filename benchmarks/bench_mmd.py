@@ -1,4 +1,4 @@
-"""Time MMD^2 (sculptserve.mmd): torch forward+backward, numpy forward, and the permutation test.
+"""Time MMD^2 (sculptserve.stats.mmd): torch forward+backward, numpy forward, permutation test.
 
 Usage: python benchmarks/bench_mmd.py [--batch 512] [--dim 64] [--repeats 20] [--threads N]
 Prints the machine info and a markdown table (median of the repeats, after warm-up).
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sculptserve.mmd import mmd2, permutation_test
+from sculptserve.stats.mmd import mmd2, permutation_test
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_model
@@ -95,7 +95,7 @@ def main() -> None:
         )
         rows.append(("numpy", kernel, "unbiased", f"perm test B={args.perm_b}", med, best))
 
-    print("## MMD^2 benchmark (sculptserve.mmd)\n")
+    print("## MMD^2 benchmark (sculptserve.stats.mmd)\n")
     print(f"- CPU: {cpu_model()}")
     print(f"- cores visible: {len(os.sched_getaffinity(0))} (os.cpu_count {os.cpu_count()})")
     print(f"- Python {platform.python_version()}, numpy {np.__version__}, BLAS threads: ", end="")

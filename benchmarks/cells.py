@@ -25,7 +25,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from sculptserve.evaluation import EvalConfig
+from sculptserve.offline.evaluation import EvalConfig
 
 # The CPU-trainable size of issue 11: 32x32 shapes, d = 5 (the paper's dSprites), conv width 16.
 BASE: dict[str, Any] = {
@@ -103,8 +103,8 @@ def trained_step(run_dir: Path) -> int:
 
 
 def score(run_dir: Path, evaluation: EvalConfig = EVAL) -> tuple[dict[str, Any], float]:
-    from sculptserve.eval_sources import EvalRequest, load_eval_inputs
-    from sculptserve.evaluation import evaluate
+    from sculptserve.offline.evaluation import evaluate
+    from sculptserve.offline.sources import EvalRequest, load_eval_inputs
 
     start = time.perf_counter()
     _, inputs = load_eval_inputs(EvalRequest(str(run_dir), evaluation))

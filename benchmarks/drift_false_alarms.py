@@ -19,9 +19,9 @@ from prometheus_client import CollectorRegistry
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
 
-from sculptserve.app import EmbeddingApp
-from sculptserve.bundle import load_bundle
-from sculptserve.drift import DriftConfig
+from sculptserve.bundle.load import load_bundle
+from sculptserve.serving.core import EmbeddingApp
+from sculptserve.serving.drift import DriftConfig
 from training.data import load_dataset
 
 

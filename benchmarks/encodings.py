@@ -13,8 +13,8 @@ import argparse
 
 import numpy as np
 
-from sculptserve.codec import ENCODINGS, decode_embeddings, encode_embeddings
-from sculptserve.priors import parse_prior
+from sculptserve.serving.inputs import ENCODINGS, decode_embeddings, encode_embeddings
+from sculptserve.stats.priors import parse_prior
 
 
 def main() -> None:

@@ -3,8 +3,8 @@
     python benchmarks/serve.py --bundle BUNDLE_DIR [--items 8 64] [--concurrency 1 16 64]
         [--seconds 8] [--repeats 3] [--batching on off] [--drift on off] [--client auto]
 
-Starts one `bentoml serve sculptserve.service:SculptService` (HTTP only, one worker) per
-configuration: cross-request batching on/off (SCULPT_MICROBATCH) x drift monitor on/off
+Starts one `bentoml serve sculptserve.serving.http.service:SculptService` (HTTP only, one
+worker) per configuration: cross-request batching on/off (SCULPT_MICROBATCH) x drift monitor on/off
 (SCULPT_DRIFT). Each cell sends /embed requests of ``--items`` inputs (the compact
 raw-float32 form) at a fixed concurrency for ``--seconds``; cells are interleaved across
 configurations and repeated ``--repeats`` times, and the tables show medians of the repeats
@@ -52,10 +52,10 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
 
-from sculptserve.bundle import load_bundle
-from sculptserve.codec import raw_items
-from sculptserve.runtime import EmbeddingRuntime
-from sculptserve.serve import bentoml_serve_command
+from sculptserve.bundle.load import load_bundle
+from sculptserve.serving.inputs import raw_items
+from sculptserve.serving.launcher import bentoml_serve_command
+from sculptserve.serving.runtime import EmbeddingRuntime
 
 # wrk's Lua hooks: post the body in $WRK_BODY; print one JSON line with the counts.
 WRK_SCRIPT = r"""

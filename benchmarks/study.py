@@ -5,7 +5,7 @@
     python benchmarks/study.py --full --device cuda    # the paper-sized budget, for a GPU
 
 Trains every model of the comparison with ``training.trainer.train`` and scores it with
-``sculpt eval``'s core (:mod:`sculptserve.evaluation`), then writes benchmarks/STUDY.md:
+``sculpt eval``'s core (:mod:`sculptserve.offline.evaluation`), then writes benchmarks/STUDY.md:
 
 - the paper's table on ``shapes`` and ``fashion-mnist``: ``mmd`` (rbf, imq), ``ae``, ``vae``,
   ``beta-vae`` (4), ``beta-tcvae`` (4), 3 seeds each, one architecture and step budget per
@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cells import train_resumable, trained_step
 from study_report import render_study
 
-from sculptserve.evaluation import EvalConfig
+from sculptserve.offline.evaluation import EvalConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1, 2)
@@ -196,7 +196,7 @@ def train_config(exp: Experiment, size: Size, out: Path, device: str) -> Any:
 
 def copy_statistics(copy: np.ndarray, bank: np.ndarray) -> dict[str, float]:
     """How much of a copied latent bank's shape transferred: correlation structure and LPS."""
-    from sculptserve.lps import latent_predictability
+    from sculptserve.stats.lps import latent_predictability
 
     corr_copy, corr_bank = np.corrcoef(copy, rowvar=False), np.corrcoef(bank, rowvar=False)
     return {
@@ -211,7 +211,7 @@ def ks_to_matched_gaussian(z: np.ndarray, prior: Any) -> list[float]:
     an RBF-MMD fit may settle for instead of the target (the paper's uniform collapse)."""
     from scipy import stats
 
-    from sculptserve.metrics import ks_statistics
+    from sculptserve.stats.scores import ks_statistics
 
     cdf = stats.norm.cdf(z, loc=prior.mean(), scale=np.sqrt(prior.var()))
     return [float(v) for v in ks_statistics(cdf)]
@@ -219,7 +219,7 @@ def ks_to_matched_gaussian(z: np.ndarray, prior: Any) -> list[float]:
 
 def top_factor_per_dim(z: np.ndarray, factors: np.ndarray) -> list[int]:
     """For each latent, the factor it shares the most normalized mutual information with."""
-    from sculptserve.disentanglement import discretize, entropy_nats, mutual_information_nats
+    from sculptserve.stats.disentanglement import discretize, entropy_nats, mutual_information_nats
 
     binned = discretize(z)
     scores = np.array(
@@ -236,8 +236,8 @@ def top_factor_per_dim(z: np.ndarray, factors: np.ndarray) -> list[int]:
 
 def run_experiment(exp: Experiment, size: Size, out: Path, device: str) -> dict[str, Any]:
     """Train (unless finished) and score one experiment; returns its record."""
-    from sculptserve.eval_sources import EvalRequest, load_eval_inputs
-    from sculptserve.evaluation import evaluate
+    from sculptserve.offline.evaluation import evaluate
+    from sculptserve.offline.sources import EvalRequest, load_eval_inputs
 
     run_dir = out / exp.name
     cached = run_dir / "study-record.json"

@@ -31,8 +31,8 @@ from export.onnx_export import (
     parity_check,
 )
 from sculptserve import __version__
-from sculptserve.bundle import load_bundle, sha256_file
-from sculptserve.bundle_schema import (
+from sculptserve.bundle.load import load_bundle, sha256_file
+from sculptserve.bundle.schema import (
     MANIFEST,
     DriftCalibration,
     InputSpec,
@@ -42,9 +42,9 @@ from sculptserve.bundle_schema import (
     ParityReport,
     ReferenceSpec,
 )
-from sculptserve.calibration import calibrate_drift
 from sculptserve.files import save_npy
-from sculptserve.priors import parse_prior
+from sculptserve.stats.drift_windows import calibrate_drift
+from sculptserve.stats.priors import parse_prior
 from training.checkpoint import load_trained_model
 from training.config import TrainConfig
 from training.data import dataset_from_description

@@ -14,11 +14,11 @@ import click
 import numpy as np
 
 from sculptserve import __version__
-from sculptserve.evaluation import EVAL_KEYS
 from sculptserve.files import load_npy, save_npy
-from sculptserve.lps import REGRESSORS
-from sculptserve.mmd import KERNELS
-from sculptserve.settings import help_text as settings_help
+from sculptserve.offline.evaluation import EVAL_KEYS
+from sculptserve.serving.settings import help_text as settings_help
+from sculptserve.stats.lps import REGRESSORS
+from sculptserve.stats.mmd import KERNELS
 
 # Errors a user can cause: reported as one line and a non-zero exit, never a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError)
@@ -114,7 +114,7 @@ def lps_command(
     and their mean (LPS) are printed. About 0 means independent dimensions, 1 fully
     determined. Lower is better.
     """
-    from sculptserve.lps import latent_predictability
+    from sculptserve.stats.lps import latent_predictability
 
     result = latent_predictability(
         load_npy(embeddings),
@@ -161,15 +161,15 @@ def mmd_command(
 ) -> None:
     """Unbiased MMD^2 between EMBEDDINGS and a prior (--prior) or another sample (--against),
     with a permutation-test p-value. Small MMD^2 and large p: indistinguishable."""
-    from sculptserve.mmd import permutation_test
-    from sculptserve.validation import as_embeddings
+    from sculptserve.stats.mmd import permutation_test
+    from sculptserve.stats.validation import as_embeddings
 
     if (prior_spec is None) == (against is None):
         raise click.UsageError("give exactly one of --prior SPEC or --against OTHER.npy")
     rng = np.random.default_rng(seed)
     x = subsample(as_embeddings(load_npy(embeddings), name=embeddings), max_samples, rng)
     if prior_spec is not None:
-        from sculptserve.priors import parse_prior
+        from sculptserve.stats.priors import parse_prior
 
         y = parse_prior(prior_spec, dim=x.shape[1]).sample(len(x), rng)
     else:
@@ -457,8 +457,8 @@ def eval_command(
       MIG, DCI disentanglement / completeness / informativeness, SAP, FactorVAE score.
     Runs and bundles are scored on a seeded sample of their held-out split (encoder means).
     """
-    from sculptserve.eval_sources import EvalRequest, default_output, load_eval_inputs
-    from sculptserve.evaluation import EvalConfig, evaluate, render_report
+    from sculptserve.offline.evaluation import EvalConfig, evaluate, render_report
+    from sculptserve.offline.sources import EvalRequest, default_output, load_eval_inputs
 
     config = EvalConfig(
         seed=seed,
@@ -510,10 +510,10 @@ def eval_command(
 def embed_command(bundle: str, data: str, out: str, encoding: str, batch_size: int) -> None:
     """Embed every row of DATA (a dataset name or a path, prepared as at training) with
     BUNDLE's encoder in ONNX Runtime, into an .npy (rows in DATA's order). No torch."""
-    from sculptserve.bundle import load_bundle
-    from sculptserve.codec import encode_embeddings
-    from sculptserve.offline import bundle_data_description, embed_rows, model_dataset
-    from sculptserve.runtime import EmbeddingRuntime
+    from sculptserve.bundle.load import load_bundle
+    from sculptserve.offline.embedding import bundle_data_description, embed_rows, model_dataset
+    from sculptserve.serving.inputs import encode_embeddings
+    from sculptserve.serving.runtime import EmbeddingRuntime
 
     loaded = load_bundle(bundle)
     runtime = EmbeddingRuntime(loaded)
@@ -542,7 +542,7 @@ def inspect_command(bundle: str, as_json: bool) -> None:
 
     Checks the schema version, the sha256 of every file and the ONNX graphs' names and shapes.
     """
-    from sculptserve.bundle import load_bundle, summarize
+    from sculptserve.bundle.load import load_bundle, summarize
 
     summary = summarize(load_bundle(bundle))
     if as_json:
@@ -561,10 +561,10 @@ def serve_command(bundle: str, port: int, grpc_port: int, host: str) -> None:
 
     REST on --port (/embed, /generate, /reconstruct, /info, /drift, /livez, /readyz, /metrics,
     /docs.json), gRPC sculpt.v1 on --grpc-port, one runtime and drift monitor for both.
-    The service reads the SCULPT_* variables below (`python -m sculptserve.settings` prints
+    The service reads the SCULPT_* variables below (`python -m sculptserve.serving.settings` prints
     what the environment sets now; README.md's Serving section describes each).
     """
-    from sculptserve.serve import run_serve
+    from sculptserve.serving.launcher import run_serve
 
     sys.exit(run_serve(bundle, port=port, grpc_port=grpc_port, host=host))
 
@@ -591,7 +591,7 @@ def prior_group() -> None:
 @click.option("--dim", type=click.IntRange(min=1), help="Dimension for specs that leave it open.")
 def prior_show(spec: str, dim: int | None) -> None:
     """Print SPEC as its full JSON form, with its marginal means and variances."""
-    from sculptserve.priors import parse_prior
+    from sculptserve.stats.priors import parse_prior
 
     prior = parse_prior(spec, dim=dim)
     print_json(
@@ -612,7 +612,7 @@ def prior_show(spec: str, dim: int | None) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .npy path.")
 def prior_sample(spec: str, dim: int | None, n_samples: int, seed: int, out: str) -> None:
     """Draw samples of SPEC into an .npy file (n x d, float32)."""
-    from sculptserve.priors import parse_prior
+    from sculptserve.stats.priors import parse_prior
 
     samples = parse_prior(spec, dim=dim).sample(n_samples, seed).astype(np.float32)
     save_npy(out, samples)

@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from sculptserve.bundle import sha256_file
-from sculptserve.bundle_schema import (
+from sculptserve.bundle.load import sha256_file
+from sculptserve.bundle.schema import (
     MANIFEST,
     DriftCalibration,
     InputSpec,

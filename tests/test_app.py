@@ -5,10 +5,10 @@ import pytest
 from bundle_factory import make_bundle
 from prometheus_client import CollectorRegistry
 
-from sculptserve.app import EmbeddingApp, ServiceLimits
-from sculptserve.bundle import load_bundle
-from sculptserve.errors import PayloadError
-from sculptserve.settings import SculptDeprecationWarning, load_settings
+from sculptserve.bundle.load import load_bundle
+from sculptserve.serving.core import EmbeddingApp, ServiceLimits
+from sculptserve.serving.errors import PayloadError
+from sculptserve.serving.settings import SculptDeprecationWarning, load_settings
 
 
 @pytest.fixture

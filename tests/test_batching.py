@@ -19,11 +19,11 @@ import pytest
 from bundle_factory import make_bundle, toy_encode, toy_weights
 from prometheus_client import CollectorRegistry
 
-from sculptserve.app import EmbeddingApp
-from sculptserve.batching import BatchConfig, MicroBatcher
-from sculptserve.bundle import load_bundle
-from sculptserve.codec import PayloadError
-from sculptserve.settings import SculptDeprecationWarning, load_settings
+from sculptserve.bundle.load import load_bundle
+from sculptserve.serving.batching import BatchConfig, MicroBatcher
+from sculptserve.serving.core import EmbeddingApp
+from sculptserve.serving.inputs import PayloadError
+from sculptserve.serving.settings import SculptDeprecationWarning, load_settings
 
 LIVENESS_S = 60.0  # only a guard against a hung test, never a speed requirement
 SHAPE = (1, 4, 4)
@@ -415,7 +415,7 @@ def test_config_from_env() -> None:
         ({"SCULPT_BATCH_MAX_LATENCY_MS": "nan"}, r"must be in \[0, 10000\]"),
     ],
 )
-@pytest.mark.filterwarnings("ignore::sculptserve.settings.SculptDeprecationWarning")
+@pytest.mark.filterwarnings("ignore::sculptserve.serving.settings.SculptDeprecationWarning")
 def test_config_from_env_names_bad_values(env: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         load_settings(env)

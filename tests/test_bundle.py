@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from bundle_factory import edit_manifest, make_bundle, read_manifest, rehash
 
-from sculptserve.bundle import (
+from sculptserve.bundle.load import (
     Bundle,
     BundleError,
     load_bundle,
@@ -22,7 +22,7 @@ from sculptserve.bundle import (
     summarize,
     verify_files,
 )
-from sculptserve.bundle_schema import MANIFEST
+from sculptserve.bundle.schema import MANIFEST
 
 SUMMARY_KEYS = {
     "name",
@@ -381,7 +381,7 @@ _BENTOML_SCRIPT = textwrap.dedent(
 
     import bentoml
 
-    from sculptserve.bundle import BundleError, load_bundle
+    from sculptserve.bundle.load import BundleError, load_bundle
 
     for version, folder in (("v1", sys.argv[1]), ("v2", sys.argv[2])):
         with bentoml.models.create(f"sculpt-toy:{version}") as model:

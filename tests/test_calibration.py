@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from sculptserve.calibration import WindowScorer, calibrate_drift, window_lps_linear
-from sculptserve.mmd import RBFKernel
+from sculptserve.stats.drift_windows import WindowScorer, calibrate_drift, window_lps_linear
+from sculptserve.stats.mmd import RBFKernel
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_scorer_freezes_the_reference_bandwidth():
 
 @pytest.mark.parametrize("kernel", ["rbf", "imq"])
 def test_window_mmd2_equals_the_pooled_estimator(kernel):
-    from sculptserve.mmd import mmd2
+    from sculptserve.stats.mmd import mmd2
 
     rng = np.random.default_rng(6)
     reference, window = rng.normal(size=(300, 5)), rng.normal(size=(64, 5)) + 0.3

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sculptserve.bundle_schema import InputSpec
-from sculptserve.codec import (
+from sculptserve.bundle.schema import InputSpec
+from sculptserve.serving.inputs import (
     ENCODINGS,
     PayloadError,
     accepted_layouts,
@@ -22,7 +22,7 @@ from sculptserve.codec import (
     images_to_png_b64,
     parse_fixed_dims,
 )
-from sculptserve.priors import prior_from_dict
+from sculptserve.stats.priors import prior_from_dict
 
 H, W = 4, 5  # not square, so a transposed image cannot pass for the right one
 
@@ -354,7 +354,7 @@ def test_gaussian_latent_mse_per_encoding(capsys):
 
 
 def test_raw_items_round_trip_through_decode_inputs():
-    from sculptserve.codec import raw_items
+    from sculptserve.serving.inputs import raw_items
 
     spec = image_spec(channels=3)
     x = np.random.default_rng(0).random((3, *spec.shape), dtype=np.float32)

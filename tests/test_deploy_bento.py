@@ -57,7 +57,7 @@ def _check_common(bento: Path, model_tag: str) -> None:
     assert envs["SCULPT_BUNDLE"] == MODEL_NAME == model_tag.split(":")[0]
     assert envs["BENTOML_DO_NOT_TRACK"] == "true"
     src = bento / "src"
-    assert (src / "sculptserve" / "service.py").is_file()
+    assert (src / "sculptserve" / "serving" / "http" / "service.py").is_file()
     assert not (src / "training").exists() and not (src / "export").exists()
     dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
     # The Deployment runs as the image's bentoml user.

@@ -34,8 +34,8 @@ from test_deploy_support import (
     validate,
 )
 
-from sculptserve.runtime import PROVIDER_ALIASES
-from sculptserve.settings import RENAMED, Settings, load_settings
+from sculptserve.serving.runtime import PROVIDER_ALIASES
+from sculptserve.serving.settings import RENAMED, Settings, load_settings
 
 SERVICE_LABELS = {"app.kubernetes.io/name": "sculpt", "app.kubernetes.io/component": "server"}
 
@@ -213,7 +213,7 @@ def test_every_sculpt_variable_is_one_the_code_reads() -> None:
         envs = yaml.safe_load((REPO / bentofile).read_text()).get("envs", [])
         names |= {e["name"] for e in envs if e["name"].startswith("SCULPT_")}
     unknown = sorted(names - known)
-    assert not unknown, f"not settings of sculptserve.settings.Settings: {unknown}"
+    assert not unknown, f"not settings of sculptserve.serving.settings.Settings: {unknown}"
     deprecated = sorted(names & set(RENAMED))
     assert not deprecated, f"deprecated names (use {[RENAMED[n] for n in deprecated]})"
 

@@ -3,7 +3,7 @@
 The rules pass `promtool check rules` and the unit tests in deploy/prometheus (synthetic
 series: each alert fires when it must and not before); the PrometheusRule object carries the
 same rules; every metric name a rule or panel reads is one the service exports (a /metrics
-captured from a real server, itself checked against sculptserve/drift.py); every dashboard
+captured from a real server, itself checked against sculptserve/serving/drift.py); every dashboard
 query parses as PromQL. tests/test_deploy_e2e.py runs them against a live Prometheus.
 """
 
@@ -33,7 +33,7 @@ from test_deploy_support import (
     rule_exprs,
 )
 
-from sculptserve import drift
+from sculptserve.serving import drift
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import mutual_info_score
 
-from sculptserve.disentanglement import (
+from sculptserve.offline.evaluation import SUPERVISED_KEYS
+from sculptserve.stats.disentanglement import (
     as_factors,
     dci,
     dci_from_importance,
@@ -20,7 +21,6 @@ from sculptserve.disentanglement import (
     sap_score_matrix,
     supervised_metrics,
 )
-from sculptserve.evaluation import SUPERVISED_KEYS
 
 SIZES = (3, 6, 10, 16)
 K = len(SIZES)

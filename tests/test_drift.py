@@ -14,10 +14,10 @@ import pytest
 from bundle_factory import make_bundle
 from prometheus_client import CollectorRegistry
 
-from sculptserve.bundle import load_bundle
-from sculptserve.bundle_schema import DriftCalibration
-from sculptserve.calibration import WindowScorer, WindowStatistics, calibrate_drift
-from sculptserve.drift import DriftConfig, DriftMonitor
+from sculptserve.bundle.load import load_bundle
+from sculptserve.bundle.schema import DriftCalibration
+from sculptserve.serving.drift import DriftConfig, DriftMonitor
+from sculptserve.stats.drift_windows import WindowScorer, WindowStatistics, calibrate_drift
 
 DIM = 4
 WINDOW = 128
@@ -370,8 +370,8 @@ def test_prometheus_multiprocess_mode(tmp_path):
     code = (
         "import os, numpy as np\n"
         "from prometheus_client import CollectorRegistry, multiprocess\n"
-        "from sculptserve.bundle_schema import DriftCalibration\n"
-        "from sculptserve.drift import DriftConfig, DriftMonitor\n"
+        "from sculptserve.bundle.schema import DriftCalibration\n"
+        "from sculptserve.serving.drift import DriftConfig, DriftMonitor\n"
         "cal = DriftCalibration(window=32, false_alarm_rate=0.01, n_resamples=10, kernel='rbf',"
         " bandwidth=2.0, reference_rows=64, mmd2_threshold=0.1, lps_linear_threshold=0.2,"
         " reference_lps_linear=0.01, null_mmd2_mean=0.0, null_lps_linear_mean=0.0)\n"

@@ -7,9 +7,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from export.writer import ExportOptions, export_run
-from sculptserve.app import EmbeddingApp
-from sculptserve.bundle import load_bundle
-from sculptserve.codec import raw_items
+from sculptserve.bundle.load import load_bundle
+from sculptserve.serving.core import EmbeddingApp
+from sculptserve.serving.inputs import raw_items
 from training.config import TrainConfig
 from training.data import load_dataset
 from training.trainer import train

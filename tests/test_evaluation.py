@@ -13,12 +13,18 @@ from click.testing import CliRunner
 
 from export.writer import ExportOptions, export_run
 from sculptserve.cli import cli
-from sculptserve.eval_sources import EvalRequest, default_output, detect_kind, load_eval_inputs
-from sculptserve.evaluation import EVAL_KEYS, SUPERVISED_KEYS, EvalConfig, EvalInputs, evaluate
-from sculptserve.metrics import nmse_db
-from sculptserve.offline import model_dataset, sample_rows
-from sculptserve.priors import parse_prior
-from sculptserve.runtime import EmbeddingRuntime
+from sculptserve.offline.embedding import model_dataset, sample_rows
+from sculptserve.offline.evaluation import (
+    EVAL_KEYS,
+    SUPERVISED_KEYS,
+    EvalConfig,
+    EvalInputs,
+    evaluate,
+)
+from sculptserve.offline.sources import EvalRequest, default_output, detect_kind, load_eval_inputs
+from sculptserve.serving.runtime import EmbeddingRuntime
+from sculptserve.stats.priors import parse_prior
+from sculptserve.stats.scores import nmse_db
 from training.checkpoint import load_trained_model
 from training.trainer import encode_decode
 
@@ -228,7 +234,7 @@ def test_detect_kind_and_default_outputs(shapes_run, shapes_bundle, tmp_path):
 
 
 def test_cli_embed_matches_the_runtime(shapes_bundle, tmp_path):
-    from sculptserve.bundle import load_bundle
+    from sculptserve.bundle.load import load_bundle
     from training.data import load_dataset
 
     out = tmp_path / "emb.npy"

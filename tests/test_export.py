@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from export import writer
 from export.writer import ExportOptions, export_run
-from sculptserve.bundle import BundleError, load_bundle
+from sculptserve.bundle.load import BundleError, load_bundle
 from sculptserve.cli import cli
 from training.config import TrainConfig
 from training.data import load_dataset

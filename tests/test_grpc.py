@@ -33,14 +33,14 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from PIL import Image
 
-from sculptserve.app import EmbeddingApp, ServiceLimits
-from sculptserve.bundle import load_bundle
-from sculptserve.codec import ENCODINGS
-from sculptserve.drift import STATES
-from sculptserve.grpc import sculpt_pb2 as pb
-from sculptserve.grpc import sculpt_pb2_grpc as pb_grpc
-from sculptserve.grpc.server import bound_port, build_server
-from sculptserve.settings import load_settings
+from sculptserve.bundle.load import load_bundle
+from sculptserve.serving.core import EmbeddingApp, ServiceLimits
+from sculptserve.serving.drift import STATES
+from sculptserve.serving.grpc import sculpt_pb2 as pb
+from sculptserve.serving.grpc import sculpt_pb2_grpc as pb_grpc
+from sculptserve.serving.grpc.server import bound_port, build_server
+from sculptserve.serving.inputs import ENCODINGS
+from sculptserve.serving.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 INPUT_SHAPE = (1, 4, 4)
@@ -389,7 +389,7 @@ def test_unexpected_error_is_internal_and_logged(
         raise RuntimeError("secret detail from deep inside")
 
     monkeypatch.setattr(app, "embed", broken)
-    with caplog.at_level("ERROR", logger="sculptserve.grpc.server"):
+    with caplog.at_level("ERROR", logger="sculptserve.serving.grpc.server"):
         err = rpc_error(lambda: stub.Embed(embed_request(batch(1)), timeout=TIMEOUT))
     assert err.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in err.details()  # internals stay in the log, not in the reply
@@ -479,7 +479,14 @@ def test_server_subprocess(bundle: Path, tmp_path: Path) -> None:
     log_file = tmp_path / "server.log"
     with log_file.open("w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sculptserve.grpc.server", "--bundle", str(bundle), "--port=0"],
+            [
+                sys.executable,
+                "-m",
+                "sculptserve.serving.grpc.server",
+                "--bundle",
+                str(bundle),
+                "--port=0",
+            ],
             cwd=REPO,
             env=_env(),
             stdout=subprocess.PIPE,

@@ -21,12 +21,12 @@ from bundle_factory import make_bundle
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from sculptserve.app import EmbeddingApp
-from sculptserve.bundle import load_bundle
-from sculptserve.grpc import sculpt_pb2 as pb
-from sculptserve.grpc import sculpt_pb2_grpc as pb_grpc
-from sculptserve.grpc.server import serve
-from sculptserve.serve import GrpcThread
+from sculptserve.bundle.load import load_bundle
+from sculptserve.serving.core import EmbeddingApp
+from sculptserve.serving.grpc import sculpt_pb2 as pb
+from sculptserve.serving.grpc import sculpt_pb2_grpc as pb_grpc
+from sculptserve.serving.grpc.server import serve
+from sculptserve.serving.launcher import GrpcThread
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

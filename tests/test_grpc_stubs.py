@@ -1,4 +1,4 @@
-"""The committed gRPC stubs are what `grpc_tools.protoc` makes of sculptserve/grpc/sculpt.proto.
+"""The committed gRPC stubs are what `grpc_tools.protoc` makes of their .proto.
 
 Regenerated into a temporary folder with the command of scripts/gen_grpc.sh and compared file
 by file. Only the generator's version stamps are normalized (they name the grpcio-tools /
@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("grpc_tools")
 
 REPO = Path(__file__).resolve().parents[1]
-PROTO = "sculptserve/grpc/sculpt.proto"
+PROTO = "sculptserve/serving/grpc/sculpt.proto"
 STUBS = ("sculpt_pb2.py", "sculpt_pb2.pyi", "sculpt_pb2_grpc.py")
 # (pattern, replacement) for every version stamp protoc / grpc_tools write
 STAMPS = [
@@ -44,28 +44,28 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cmd = [sys.executable, "-m", "grpc_tools.protoc", "-I", "."]
     cmd += [f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}", PROTO]
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True, timeout=120)
-    return out / "sculptserve" / "grpc"
+    return out / "sculptserve" / "serving" / "grpc"
 
 
 @pytest.mark.parametrize("name", STUBS)
 def test_committed_stub_equals_fresh_protoc_output(generated: Path, name: str) -> None:
-    committed = (REPO / "sculptserve" / "grpc" / name).read_text()
+    committed = (REPO / "sculptserve" / "serving" / "grpc" / name).read_text()
     fresh = (generated / name).read_text()
     assert normalize(committed) == normalize(fresh), (
-        f"sculptserve/grpc/{name} is stale: run `bash scripts/gen_grpc.sh` and commit the result"
+        f"sculptserve/serving/grpc/{name} is stale: run `bash scripts/gen_grpc.sh` and commit it"
     )
 
 
 def test_normalization_touches_only_the_stamps() -> None:
     for name in STUBS:
-        text = (REPO / "sculptserve" / "grpc" / name).read_text()
+        text = (REPO / "sculptserve" / "serving" / "grpc" / name).read_text()
         before, after = text.splitlines(), normalize(text).splitlines()
         assert len(before) == len(after)
         changed = [b for b, a in zip(before, after, strict=True) if a != b]
         assert len(changed) == {"sculpt_pb2.py": 4, "sculpt_pb2.pyi": 0}.get(name, 1), changed
     # each stamp is found, so a changed layout of the generated code fails loudly here
-    pb2 = (REPO / "sculptserve" / "grpc" / "sculpt_pb2.py").read_text()
-    grpc_stub = (REPO / "sculptserve" / "grpc" / "sculpt_pb2_grpc.py").read_text()
+    pb2 = (REPO / "sculptserve" / "serving" / "grpc" / "sculpt_pb2.py").read_text()
+    grpc_stub = (REPO / "sculptserve" / "serving" / "grpc" / "sculpt_pb2_grpc.py").read_text()
     assert all(re.search(p, pb2) for p, _ in STAMPS[:2])
     assert re.search(STAMPS[2][0], grpc_stub)
 
@@ -78,9 +78,9 @@ def _minimum(requirement_prefix: str) -> tuple[int, ...]:
 
 def test_committed_stamps_match_the_declared_runtime_minimums() -> None:
     """The stubs refuse older runtimes than their stamps; pyproject must not promise them."""
-    pb2 = (REPO / "sculptserve" / "grpc" / "sculpt_pb2.py").read_text()
+    pb2 = (REPO / "sculptserve" / "serving" / "grpc" / "sculpt_pb2.py").read_text()
     protobuf = re.search(r"# Protobuf Python Version: ([0-9.]+)", pb2).group(1)
-    grpc_stub = (REPO / "sculptserve" / "grpc" / "sculpt_pb2_grpc.py").read_text()
+    grpc_stub = (REPO / "sculptserve" / "serving" / "grpc" / "sculpt_pb2_grpc.py").read_text()
     grpc_version = re.search(r"GRPC_GENERATED_VERSION = '([0-9.]+)'", grpc_stub).group(1)
     assert _minimum("protobuf") >= tuple(int(p) for p in protobuf.split("."))
     assert _minimum("grpcio") >= tuple(int(p) for p in grpc_version.split("."))

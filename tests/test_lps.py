@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from sculptserve.lps import (
+from sculptserve.stats.lps import (
     REGRESSORS,
     latent_predictability,
     linear_r2_from_covariance,
     predict_linear,
     split_and_standardize,
 )
-from sculptserve.validation import EmbeddingError
+from sculptserve.stats.validation import EmbeddingError
 
 ALL = sorted(REGRESSORS)
 

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sculptserve.metrics import (
+from sculptserve.stats.scores import (
     covariance_ratio,
     gaussian_total_correlation,
     ks_statistics,
     ks_to_prior,
     nmse_db,
 )
-from sculptserve.validation import EmbeddingError
+from sculptserve.stats.validation import EmbeddingError
 
 
 def equicorrelated(n, d, rho, seed=0):
@@ -61,7 +61,7 @@ def test_ks_statistics_match_scipy():
 
 
 def test_ks_to_prior_accepts_own_samples_and_flags_a_shifted_dimension():
-    from sculptserve.priors import parse_prior
+    from sculptserve.stats.priors import parse_prior
 
     prior = parse_prior("3:gaussian+2:uniform(-5,5)")
     z = prior.sample(2000, 0)
@@ -75,7 +75,7 @@ def test_ks_to_prior_accepts_own_samples_and_flags_a_shifted_dimension():
 
 
 def test_ks_to_prior_dimension_mismatch():
-    from sculptserve.priors import parse_prior
+    from sculptserve.stats.priors import parse_prior
 
     with pytest.raises(EmbeddingError, match="3 dimensions but the prior has 2"):
         ks_to_prior(np.zeros((10, 3)), parse_prior("gaussian", dim=2))

@@ -1,4 +1,4 @@
-"""Tests for sculptserve.mmd: estimators, kernels, backends, gradients and the permutation test."""
+"""Tests for sculptserve.stats.mmd: estimators, kernels, backends, gradients, permutation test."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import statistics
 import numpy as np
 import pytest
 
-from sculptserve.mmd import (
+from sculptserve.stats.mmd import (
     ESTIMATORS,
     KERNELS,
     IMQKernel,
@@ -493,7 +493,7 @@ def test_cuda_matches_cpu(kname, estimator):
 @pytest.mark.parametrize("scales", [(0.5, 1.0, 2.0), (1.0, 2.0), (0.5, 1.0, 3.0), (0.7,)])
 def test_rbf_values_equal_one_exp_per_scale(scales):
     """The repeated-squaring fast path (and the fallback) give exactly the textbook kernel."""
-    from sculptserve.mmd import RBFKernel
+    from sculptserve.stats.mmd import RBFKernel
 
     d2 = np.random.default_rng(0).random((50, 40)) * 30
     base = 1.7

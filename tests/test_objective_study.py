@@ -15,7 +15,7 @@ import convergence
 import objective_study
 from cells import Cell, collect, eval_path, run_cell
 
-from sculptserve.evaluation import EvalConfig
+from sculptserve.offline.evaluation import EvalConfig
 
 TINY_EVAL = EvalConfig(
     regressors=("linear",), lps_samples=200, mmd_samples=100, n_permutations=10,

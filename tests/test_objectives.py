@@ -1,5 +1,5 @@
 """Tests for training.objectives: registry and parameter errors, and the value of each
-regularizer against closed forms, sculptserve.mmd, and known statistical behaviour."""
+regularizer against closed forms, sculptserve.stats.mmd, and known statistical behaviour."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sculptserve.mmd import mmd2  # noqa: E402
-from sculptserve.priors import parse_prior  # noqa: E402
+from sculptserve.stats.mmd import mmd2  # noqa: E402
+from sculptserve.stats.priors import parse_prior  # noqa: E402
 from training.objectives import (  # noqa: E402
     OBJECTIVES,
     RegularizerInput,

@@ -1,4 +1,4 @@
-"""Tests for sculptserve.priors: statistics, parsing, serialization and error messages."""
+"""Tests for sculptserve.stats.priors: statistics, parsing, serialization and error messages."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import yaml
 from scipy import optimize, stats
 
-from sculptserve.priors import (
+from sculptserve.stats.priors import (
     PRIOR_KINDS,
     CorrelatedPrior,
     EmpiricalPrior,

@@ -12,7 +12,7 @@ import pytest
 from matplotlib import image as mpimg
 from scipy import stats
 
-from sculptserve.priors import Prior, parse_prior
+from sculptserve.stats.priors import Prior, parse_prior
 from training.report import (
     MAX_FEATURES,
     REPORT_FILES,

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from bundle_factory import make_bundle, toy_decode, toy_encode, toy_weights
 
-from sculptserve.bundle import load_bundle
-from sculptserve.errors import PayloadError
-from sculptserve.runtime import EmbeddingRuntime, RuntimeConfig, available_cpus
-from sculptserve.settings import SculptDeprecationWarning, load_settings
+from sculptserve.bundle.load import load_bundle
+from sculptserve.serving.errors import PayloadError
+from sculptserve.serving.runtime import EmbeddingRuntime, RuntimeConfig, available_cpus
+from sculptserve.serving.settings import SculptDeprecationWarning, load_settings
 
 ENV_THREADS = "SCULPT_ORT_THREADS"
 ENV_PROVIDERS = "SCULPT_ORT_PROVIDERS"
@@ -245,7 +245,7 @@ def test_from_env_parses_every_variable():
         ({ENV_SPINNING: "sometimes"}, "SCULPT_ORT_SPINNING='sometimes' is not a switch"),
     ],
 )
-@pytest.mark.filterwarnings("ignore::sculptserve.settings.SculptDeprecationWarning")
+@pytest.mark.filterwarnings("ignore::sculptserve.serving.settings.SculptDeprecationWarning")
 def test_from_env_errors_name_the_variable(env, pattern):
     with pytest.raises(ValueError, match=pattern):
         runtime_config(env)
@@ -274,7 +274,7 @@ def test_runtime_and_codec_import_no_transport():
     import sys
 
     code = (
-        "import sys, sculptserve.runtime, sculptserve.codec; "
+        "import sys, sculptserve.serving.runtime, sculptserve.serving.inputs; "
         "bad = [m for m in ('bentoml', 'grpc', 'fastapi') if m in sys.modules]; "
         "print(','.join(bad))"
     )

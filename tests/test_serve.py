@@ -7,12 +7,12 @@ from bundle_factory import make_bundle
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 
-from sculptserve.app import EmbeddingApp
-from sculptserve.bundle import load_bundle
+from sculptserve.bundle.load import load_bundle
 from sculptserve.cli import cli
-from sculptserve.grpc import sculpt_pb2 as pb
-from sculptserve.grpc import sculpt_pb2_grpc as rpc
-from sculptserve.serve import GrpcThread, example_calls
+from sculptserve.serving.core import EmbeddingApp
+from sculptserve.serving.grpc import sculpt_pb2 as pb
+from sculptserve.serving.grpc import sculpt_pb2_grpc as rpc
+from sculptserve.serving.launcher import GrpcThread, example_calls
 
 
 def free_port() -> int:

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from bundle_factory import make_bundle, toy_encode, toy_weights
 
-from sculptserve.grpc import sculpt_pb2 as pb
-from sculptserve.grpc import sculpt_pb2_grpc as rpc
+from sculptserve.serving.grpc import sculpt_pb2 as pb
+from sculptserve.serving.grpc import sculpt_pb2_grpc as rpc
 
 
 def free_port() -> int:

@@ -25,7 +25,7 @@ import pytest
 from bundle_factory import make_bundle, toy_encode, toy_weights
 from starlette.testclient import TestClient
 
-from sculptserve.service import SculptService
+from sculptserve.serving.http.service import SculptService
 
 SHAPE = (1, 4, 4)
 LATENT = 3
@@ -276,8 +276,8 @@ def test_health_metrics_and_docs(client: TestClient) -> None:
 
 
 def test_service_config_threads_blas_and_json_responses(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sculptserve.service import DEFAULT_API_THREADS
-    from sculptserve.settings import load_settings
+    from sculptserve.serving.http.service import DEFAULT_API_THREADS
+    from sculptserve.serving.settings import load_settings
 
     env_api_threads = "SCULPT_API_THREADS"
     # Several sync-API threads, or concurrent requests could never meet in a batch.
@@ -446,7 +446,7 @@ def test_serving_never_imports_torch(bundle_dir: Path, tmp_path: Path) -> None:
         import os, sys
         os.environ["SCULPT_BUNDLE"] = {str(bundle_dir)!r}
         from starlette.testclient import TestClient
-        from sculptserve.service import SculptService
+        from sculptserve.serving.http.service import SculptService
         with TestClient(SculptService.to_asgi()) as c:
             r = c.post("/embed", json={{"inputs": [[[0.5] * 4] * 4]}})
             assert r.status_code == 200, r.text

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sculptserve.priors import Prior
+from sculptserve.stats.priors import Prior
 
 
 class AlignmentError(ValueError):

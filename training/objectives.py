@@ -43,8 +43,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sculptserve.mmd import ESTIMATORS, KERNELS, mmd2
-from sculptserve.priors import Prior
+from sculptserve.stats.mmd import ESTIMATORS, KERNELS, mmd2
+from sculptserve.stats.priors import Prior
 
 __all__ = [
     "AE",

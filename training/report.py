@@ -30,7 +30,7 @@ Decisions:
   histogram on the latents' bins, computed exactly as CDF differences over the bin edges.
 - Histogram densities divide by the total count, so latents outside the plotted range (beyond
   the 0.1% / 99.9% quantiles) lower the bars instead of being silently renormalized away.
-- KS distance: ``sculptserve.metrics.ks_statistics`` on ``prior.cdf(latents)``, the same
+- KS distance: ``sculptserve.stats.scores.ks_statistics`` on ``prior.cdf(latents)``, the same
   number ``sculpt`` reports, equal to ``scipy.stats.kstest`` against the marginal CDF.
 - All checks and all decoding happen before the first file is written: a ValueError leaves
   no half-written report behind. Each PNG is written atomically (temp file + rename).
@@ -55,11 +55,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from sculptserve.files import atomic_path
-from sculptserve.metrics import ks_statistics, nmse_db
-from sculptserve.validation import as_embeddings
+from sculptserve.stats.scores import ks_statistics, nmse_db
+from sculptserve.stats.validation import as_embeddings
 
 if TYPE_CHECKING:
-    from sculptserve.priors import Prior
+    from sculptserve.stats.priors import Prior
 
 __all__ = [
     "MODALITIES",

@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from sculptserve.files import atomic_path, save_npy
-from sculptserve.lps import latent_predictability
-from sculptserve.metrics import nmse_db
-from sculptserve.mmd import mmd2
-from sculptserve.priors import Prior, parse_prior
+from sculptserve.stats.lps import latent_predictability
+from sculptserve.stats.mmd import mmd2
+from sculptserve.stats.priors import Prior, parse_prior
+from sculptserve.stats.scores import nmse_db
 from training.alignment import Alignment, factor_correlation, parse_align
 from training.checkpoint import (
     latest_checkpoint,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sculptserve.bundle import Bundle
+from sculptserve.bundle.load import Bundle
 
 if TYPE_CHECKING:  # training.data is imported where used: sculptserve's modules load without it
     from training.data import Dataset

@@ -1,4 +1,4 @@
-"""What ``sculpt eval`` can score, turned into :class:`~sculptserve.evaluation.EvalInputs`.
+"""What ``sculpt eval`` can score, turned into :class:`~sculptserve.offline.evaluation.EvalInputs`.
 
 A target is one of (see ``SOURCE_KINDS``):
 
@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from sculptserve.evaluation import EvalConfig, EvalInputs
 from sculptserve.files import load_npy
-from sculptserve.offline import Batch, embed_rows, model_dataset, sample_rows
-from sculptserve.priors import Prior, parse_prior
+from sculptserve.offline.embedding import Batch, embed_rows, model_dataset, sample_rows
+from sculptserve.offline.evaluation import EvalConfig, EvalInputs
+from sculptserve.stats.priors import Prior, parse_prior
 
 
 @dataclass(frozen=True)
@@ -146,9 +146,9 @@ def _load_run(request: EvalRequest) -> EvalInputs:
 
 
 def _load_bundle(request: EvalRequest) -> EvalInputs:
-    from sculptserve.bundle import load_bundle
-    from sculptserve.offline import bundle_data_description
-    from sculptserve.runtime import EmbeddingRuntime
+    from sculptserve.bundle.load import load_bundle
+    from sculptserve.offline.embedding import bundle_data_description
+    from sculptserve.serving.runtime import EmbeddingRuntime
 
     bundle = load_bundle(request.target)
     runtime = EmbeddingRuntime(bundle)

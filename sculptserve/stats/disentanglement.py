@@ -32,7 +32,7 @@ from types import ModuleType
 
 import numpy as np
 
-from sculptserve.validation import as_embeddings, constant_dims
+from sculptserve.stats.validation import as_embeddings, constant_dims
 
 MIG_BINS = 20
 FACTORVAE_PRUNE_STD = 0.05

@@ -25,8 +25,8 @@ factorvae_score          FactorVAE majority-vote accuracy                      [
 Beside them: ``schema``, ``source`` (what was evaluated), ``n`` and ``latent_dim``, ``config``
 (the knobs below), ``per_dim`` (per-dimension LPS R^2 and KS distances), ``timings_s`` and
 ``notes``. The supervised metrics and their conventions are in
-:mod:`sculptserve.disentanglement`. Everything here is numpy (plus LightGBM / scikit-learn for
-the learned regressors); the callers in :mod:`sculptserve.eval_sources` produce the inputs.
+:mod:`sculptserve.stats.disentanglement`. Everything here is numpy (plus LightGBM / scikit-learn for
+the learned regressors); the callers in :mod:`sculptserve.offline.sources` produce the inputs.
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ from typing import Any
 
 import numpy as np
 
-from sculptserve.lps import latent_predictability
-from sculptserve.metrics import covariance_ratio, gaussian_total_correlation, ks_to_prior
-from sculptserve.mmd import permutation_test
-from sculptserve.priors import Prior
-from sculptserve.validation import as_embeddings
+from sculptserve.stats.lps import latent_predictability
+from sculptserve.stats.mmd import permutation_test
+from sculptserve.stats.priors import Prior
+from sculptserve.stats.scores import covariance_ratio, gaussian_total_correlation, ks_to_prior
+from sculptserve.stats.validation import as_embeddings
 
 EVAL_SCHEMA = 1
 UNSUPERVISED_KEYS = (
@@ -183,7 +183,7 @@ def split_train_test(n: int, config: EvalConfig) -> tuple[np.ndarray, np.ndarray
 
 
 def _supervised(inputs: EvalInputs, config: EvalConfig, scores: Scores) -> None:
-    from sculptserve.disentanglement import supervised_metrics
+    from sculptserve.stats.disentanglement import supervised_metrics
 
     train, test = split_train_test(len(inputs.embeddings), config)
     z, f = inputs.embeddings, inputs.factors

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from sculptserve.grpc import sculpt_pb2 as sculptserve_dot_grpc_dot_sculpt__pb2
+from sculptserve.serving.grpc import sculpt_pb2 as sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in sculptserve/grpc/sculpt_pb2_grpc.py depends on'
+        + ' but the generated code in sculptserve/serving/grpc/sculpt_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,28 +36,28 @@ class SculptStub:
         """
         self.Embed = channel.unary_unary(
                 '/sculpt.v1.Sculpt/Embed',
-                request_serializer=sculptserve_dot_grpc_dot_sculpt__pb2.EmbedRequest.SerializeToString,
-                response_deserializer=sculptserve_dot_grpc_dot_sculpt__pb2.EmbedResponse.FromString,
+                request_serializer=sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.EmbedResponse.FromString,
                 _registered_method=True)
         self.Generate = channel.unary_unary(
                 '/sculpt.v1.Sculpt/Generate',
-                request_serializer=sculptserve_dot_grpc_dot_sculpt__pb2.GenerateRequest.SerializeToString,
-                response_deserializer=sculptserve_dot_grpc_dot_sculpt__pb2.GenerateResponse.FromString,
+                request_serializer=sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.GenerateResponse.FromString,
                 _registered_method=True)
         self.Reconstruct = channel.unary_unary(
                 '/sculpt.v1.Sculpt/Reconstruct',
-                request_serializer=sculptserve_dot_grpc_dot_sculpt__pb2.ReconstructRequest.SerializeToString,
-                response_deserializer=sculptserve_dot_grpc_dot_sculpt__pb2.ReconstructResponse.FromString,
+                request_serializer=sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.ReconstructRequest.SerializeToString,
+                response_deserializer=sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.ReconstructResponse.FromString,
                 _registered_method=True)
         self.GetDrift = channel.unary_unary(
                 '/sculpt.v1.Sculpt/GetDrift',
-                request_serializer=sculptserve_dot_grpc_dot_sculpt__pb2.GetDriftRequest.SerializeToString,
-                response_deserializer=sculptserve_dot_grpc_dot_sculpt__pb2.GetDriftResponse.FromString,
+                request_serializer=sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.GetDriftRequest.SerializeToString,
+                response_deserializer=sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.GetDriftResponse.FromString,
                 _registered_method=True)
         self.GetInfo = channel.unary_unary(
                 '/sculpt.v1.Sculpt/GetInfo',
-                request_serializer=sculptserve_dot_grpc_dot_sculpt__pb2.GetInfoRequest.SerializeToString,
-                response_deserializer=sculptserve_dot_grpc_dot_sculpt__pb2.GetInfoResponse.FromString,
+                request_serializer=sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.GetInfoRequest.SerializeToString,
+                response_deserializer=sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.GetInfoResponse.FromString,
                 _registered_method=True)
 
 
@@ -99,28 +99,28 @@ def add_SculptServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Embed': grpc.unary_unary_rpc_method_handler(
                     servicer.Embed,
-                    request_deserializer=sculptserve_dot_grpc_dot_sculpt__pb2.EmbedRequest.FromString,
-                    response_serializer=sculptserve_dot_grpc_dot_sculpt__pb2.EmbedResponse.SerializeToString,
+                    request_deserializer=sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.EmbedRequest.FromString,
+                    response_serializer=sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.EmbedResponse.SerializeToString,
             ),
             'Generate': grpc.unary_unary_rpc_method_handler(
                     servicer.Generate,
-                    request_deserializer=sculptserve_dot_grpc_dot_sculpt__pb2.GenerateRequest.FromString,
-                    response_serializer=sculptserve_dot_grpc_dot_sculpt__pb2.GenerateResponse.SerializeToString,
+                    request_deserializer=sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.GenerateRequest.FromString,
+                    response_serializer=sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.GenerateResponse.SerializeToString,
             ),
             'Reconstruct': grpc.unary_unary_rpc_method_handler(
                     servicer.Reconstruct,
-                    request_deserializer=sculptserve_dot_grpc_dot_sculpt__pb2.ReconstructRequest.FromString,
-                    response_serializer=sculptserve_dot_grpc_dot_sculpt__pb2.ReconstructResponse.SerializeToString,
+                    request_deserializer=sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.ReconstructRequest.FromString,
+                    response_serializer=sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.ReconstructResponse.SerializeToString,
             ),
             'GetDrift': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDrift,
-                    request_deserializer=sculptserve_dot_grpc_dot_sculpt__pb2.GetDriftRequest.FromString,
-                    response_serializer=sculptserve_dot_grpc_dot_sculpt__pb2.GetDriftResponse.SerializeToString,
+                    request_deserializer=sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.GetDriftRequest.FromString,
+                    response_serializer=sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.GetDriftResponse.SerializeToString,
             ),
             'GetInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInfo,
-                    request_deserializer=sculptserve_dot_grpc_dot_sculpt__pb2.GetInfoRequest.FromString,
-                    response_serializer=sculptserve_dot_grpc_dot_sculpt__pb2.GetInfoResponse.SerializeToString,
+                    request_deserializer=sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.GetInfoRequest.FromString,
+                    response_serializer=sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.GetInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -148,8 +148,8 @@ class Sculpt:
             request,
             target,
             '/sculpt.v1.Sculpt/Embed',
-            sculptserve_dot_grpc_dot_sculpt__pb2.EmbedRequest.SerializeToString,
-            sculptserve_dot_grpc_dot_sculpt__pb2.EmbedResponse.FromString,
+            sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.EmbedRequest.SerializeToString,
+            sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -175,8 +175,8 @@ class Sculpt:
             request,
             target,
             '/sculpt.v1.Sculpt/Generate',
-            sculptserve_dot_grpc_dot_sculpt__pb2.GenerateRequest.SerializeToString,
-            sculptserve_dot_grpc_dot_sculpt__pb2.GenerateResponse.FromString,
+            sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.GenerateRequest.SerializeToString,
+            sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.GenerateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -202,8 +202,8 @@ class Sculpt:
             request,
             target,
             '/sculpt.v1.Sculpt/Reconstruct',
-            sculptserve_dot_grpc_dot_sculpt__pb2.ReconstructRequest.SerializeToString,
-            sculptserve_dot_grpc_dot_sculpt__pb2.ReconstructResponse.FromString,
+            sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.ReconstructRequest.SerializeToString,
+            sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.ReconstructResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -229,8 +229,8 @@ class Sculpt:
             request,
             target,
             '/sculpt.v1.Sculpt/GetDrift',
-            sculptserve_dot_grpc_dot_sculpt__pb2.GetDriftRequest.SerializeToString,
-            sculptserve_dot_grpc_dot_sculpt__pb2.GetDriftResponse.FromString,
+            sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.GetDriftRequest.SerializeToString,
+            sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.GetDriftResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -256,8 +256,8 @@ class Sculpt:
             request,
             target,
             '/sculpt.v1.Sculpt/GetInfo',
-            sculptserve_dot_grpc_dot_sculpt__pb2.GetInfoRequest.SerializeToString,
-            sculptserve_dot_grpc_dot_sculpt__pb2.GetInfoResponse.FromString,
+            sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.GetInfoRequest.SerializeToString,
+            sculptserve_dot_serving_dot_grpc_dot_sculpt__pb2.GetInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

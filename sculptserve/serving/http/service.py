@@ -1,10 +1,11 @@
-"""The REST front end: a BentoML 1.4 service over :class:`sculptserve.app.EmbeddingApp`.
+"""The REST front end: a BentoML 1.4 service over :class:`sculptserve.serving.core.EmbeddingApp`.
 
-Run with ``SCULPT_BUNDLE=BUNDLE_DIR_OR_TAG bentoml serve sculptserve.service:SculptService``
-(or ``sculpt serve``). All logic lives in ``EmbeddingApp``; this module only translates HTTP:
-the app returns arrays and this module turns them into JSON (lists, base64 PNGs). Settings
-come from :func:`sculptserve.settings.load_settings` (the worker's ``__init__`` reads them
-once and passes them down). No torch is imported anywhere on this path.
+Run with ``SCULPT_BUNDLE=BUNDLE_DIR_OR_TAG bentoml serve
+sculptserve.serving.http.service:SculptService`` (or ``sculpt serve``). All logic lives in
+``EmbeddingApp``; this module only translates HTTP: the app returns arrays and this module turns
+them into JSON (lists, base64 PNGs). Settings come from
+:func:`sculptserve.serving.settings.load_settings` (the worker's ``__init__`` reads them once and
+passes them down). No torch is imported anywhere on this path.
 
 Routes
 ------
@@ -19,11 +20,11 @@ routes come first, so the mount hides nothing. ``/livez``, ``/readyz``, ``/metri
 
 Errors
 ------
-A :class:`~sculptserve.errors.PayloadError` (any client mistake) becomes
+A :class:`~sculptserve.serving.errors.PayloadError` (any client mistake) becomes
 ``bentoml.exceptions.InvalidArgument``, which BentoML answers 400 with the message. Note that
 BentoML 1.4 wraps the body in a list: ``[{"error": "..."}]``. Pydantic type errors are 400
 (``{"error": ..., "detail": [...]}``); the body limit (413) and API key (401) answer
-``{"error": ...}`` from :mod:`sculptserve.http_guard`. Anything else is a bug and a 500.
+``{"error": ...}`` from :mod:`sculptserve.serving.http.guard`. Anything else is a bug and a 500.
 
 Threads and batching
 --------------------
@@ -33,9 +34,9 @@ service config). BentoML's default of 1 serialized every sync request of a worke
 ``SCULPT_API_THREADS`` sets it (default :data:`DEFAULT_API_THREADS`; read when this module is
 imported, because BentoML takes its service config from the decorator). With
 ``SCULPT_MICROBATCH=on`` concurrent ``/embed`` requests (REST and gRPC) meet in the app's
-:class:`~sculptserve.batching.MicroBatcher` and share ONNX Runtime calls
+:class:`~sculptserve.serving.batching.MicroBatcher` and share ONNX Runtime calls
 (``SCULPT_MICROBATCH_MAX_ROWS``, ``SCULPT_MICROBATCH_MAX_WAIT_MS``); it is off by default because
-on CPU it measured no consistent gain (see :mod:`sculptserve.batching`). BentoML's own
+on CPU it measured no consistent gain (see :mod:`sculptserve.serving.batching`). BentoML's own
 ``batchable=True`` does not fit: it takes a single batched argument, ``embed`` has options
 (``encoding``), calling an internal batchable API from a plain one goes through BentoML's
 self-proxy (another HTTP hop with serialization), and gRPC could not share it.
@@ -56,7 +57,7 @@ The drift monitor's metrics (``sculpt_drift_*``, ``sculpt_embeddings_served_tota
 ``prometheus_client``'s default registry, labelled ``worker=<BentoML worker index>``. BentoML
 sets ``PROMETHEUS_MULTIPROC_DIR`` before prometheus_client is imported and builds ``/metrics``
 with a ``MultiProcessCollector``, so they appear there beside ``bentoml_service_*``, summed
-(counters) or per process (gauges) across workers; see :mod:`sculptserve.drift`.
+(counters) or per process (gauges) across workers; see :mod:`sculptserve.serving.drift`.
 """
 
 from __future__ import annotations
@@ -74,11 +75,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sculptserve.app import EmbeddingApp, EmbedResult, GenerateResult, ReconstructResult
-from sculptserve.errors import PayloadError
-from sculptserve.http_guard import HttpGuard
-from sculptserve.serve import GrpcThread
-from sculptserve.settings import Settings, load_settings
+from sculptserve.serving.core import EmbeddingApp, EmbedResult, GenerateResult, ReconstructResult
+from sculptserve.serving.errors import PayloadError
+from sculptserve.serving.http.guard import HttpGuard
+from sculptserve.serving.launcher import GrpcThread
+from sculptserve.serving.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ Renamed variables keep their old name as a deprecated alias for one release (:da
 the old name still works, with a :class:`SculptDeprecationWarning` naming the new one; when
 both are set the new one wins.
 
-``python -m sculptserve.settings --markdown`` prints the settings table of README.md (a test
+``python -m sculptserve.serving.settings --markdown`` prints the settings table of README.md (a test
 keeps the two equal); ``sculpt serve --help`` lists the same from :func:`help_text`.
 """
 
@@ -34,9 +34,9 @@ from pydantic_settings import (
 )
 
 if TYPE_CHECKING:
-    from sculptserve.app import ServiceLimits
-    from sculptserve.batching import BatchConfig
-    from sculptserve.runtime import RuntimeConfig
+    from sculptserve.serving.batching import BatchConfig
+    from sculptserve.serving.core import ServiceLimits
+    from sculptserve.serving.runtime import RuntimeConfig
 
 __all__ = [
     "PREFIX",
@@ -217,7 +217,7 @@ class Settings(BaseSettings):
 
     def runtime_config(self) -> RuntimeConfig:
         """ONNX Runtime threads, providers (checked against this build), chunking, spinning."""
-        from sculptserve.runtime import RuntimeConfig, resolve_providers
+        from sculptserve.serving.runtime import RuntimeConfig, resolve_providers
 
         providers = None
         if self.ort_providers is not None:
@@ -236,7 +236,7 @@ class Settings(BaseSettings):
 
     def batch_config(self) -> BatchConfig:
         """The micro-batcher's switch and bounds."""
-        from sculptserve.batching import BatchConfig
+        from sculptserve.serving.batching import BatchConfig
 
         return BatchConfig(
             enabled=self.microbatch,
@@ -246,7 +246,7 @@ class Settings(BaseSettings):
 
     def limits(self) -> ServiceLimits:
         """Per-request limits."""
-        from sculptserve.app import ServiceLimits
+        from sculptserve.serving.core import ServiceLimits
 
         return ServiceLimits(
             max_items=self.request_max_items,
@@ -403,7 +403,7 @@ def help_text() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sculptserve.settings",
+        prog="python -m sculptserve.serving.settings",
         description="Print the SCULPT_* settings, or check the environment's.",
     )
     parser.add_argument("--markdown", action="store_true", help="the README's settings table")

@@ -1,14 +1,14 @@
 """The `sculpt.v1.Sculpt` gRPC server: a thin translation layer over :class:`EmbeddingApp`.
 
-BentoML's new service API has no gRPC, so this is a plain ``grpc.aio`` server run from the
-same :class:`~sculptserve.app.EmbeddingApp` as REST: same runtime, validation, limits, drift
+BentoML's new service API has no gRPC, so this is a plain ``grpc.aio`` server run from the same
+:class:`~sculptserve.serving.core.EmbeddingApp` as REST: same runtime, validation, limits, drift
 monitor and metrics. Besides `sculpt.v1.Sculpt` it serves ``grpc.health.v1.Health`` and server
 reflection, both open without the API key (probes and grpcurl need no secret).
 
-The app returns arrays (:class:`~sculptserve.app.EmbedResult` & co.); this module puts them
+The app returns arrays (:class:`~sculptserve.serving.core.EmbedResult` & co.); this module puts them
 into ``Tensor`` messages (and PNG files into ``bytes``) without a detour through lists.
 
-Lifecycle (one for the standalone server and the in-worker :class:`~sculptserve.serve.
+Lifecycle (one for the standalone server and the in-worker :class:`~sculptserve.serving.launcher.
 GrpcThread`): :func:`start_server` starts the server and a task that keeps
 ``grpc.health.v1`` in step with :meth:`EmbeddingApp.ready` (the check REST's /readyz uses:
 NOT_SERVING while it would fail, SERVING while it passes; a ``Check`` also refreshes it);
@@ -16,12 +16,12 @@ NOT_SERVING while it would fail, SERVING while it passes; a ``Check`` also refre
 (``enter_graceful_shutdown``), so balancers stop sending, then stops accepting calls and
 gives the in-flight ones a grace period to finish.
 
-Errors: a :class:`~sculptserve.errors.PayloadError` is ``INVALID_ARGUMENT`` with its message;
-a message over ``ServiceLimits.max_body_bytes`` is ``RESOURCE_EXHAUSTED`` (gRPC's own receive
-limit); a missing or wrong key is ``UNAUTHENTICATED``; anything else is logged and answered
+Errors: a :class:`~sculptserve.serving.errors.PayloadError` is ``INVALID_ARGUMENT`` with its
+message; a message over ``ServiceLimits.max_body_bytes`` is ``RESOURCE_EXHAUSTED`` (gRPC's own
+receive limit); a missing or wrong key is ``UNAUTHENTICATED``; anything else is logged and answered
 with a generic ``INTERNAL``, and the server keeps serving.
 
-Run: ``python -m sculptserve.grpc.server --bundle PATH [--host H] [--port N]``.
+Run: ``python -m sculptserve.serving.grpc.server --bundle PATH [--host H] [--port N]``.
 """
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sculptserve.app import EmbeddingApp
-from sculptserve.errors import PayloadError
-from sculptserve.grpc import sculpt_pb2 as pb
-from sculptserve.grpc import sculpt_pb2_grpc as pb_grpc
-from sculptserve.settings import load_settings
+from sculptserve.serving.core import EmbeddingApp
+from sculptserve.serving.errors import PayloadError
+from sculptserve.serving.grpc import sculpt_pb2 as pb
+from sculptserve.serving.grpc import sculpt_pb2_grpc as pb_grpc
+from sculptserve.serving.settings import load_settings
 
 __all__ = [
     "DEFAULT_PORT",
@@ -114,7 +114,7 @@ def _tensor_items(t: pb.Tensor) -> list[np.ndarray]:
 
 
 def _inputs(msg: pb.Inputs) -> list[Any]:
-    """The request's inputs as items for :func:`sculptserve.codec.decode_inputs`."""
+    """The request's inputs as items for :func:`sculptserve.serving.inputs.decode_inputs`."""
     has_tensor = msg.HasField("tensor")
     if has_tensor and msg.images:
         raise PayloadError("inputs: set either inputs.tensor or inputs.images, not both")
@@ -422,7 +422,7 @@ async def serve(
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m sculptserve.grpc.server",
+        prog="python -m sculptserve.serving.grpc.server",
         description=f"Serve a bundle over gRPC ({SERVICE_NAME}, health, reflection).",
     )
     parser.add_argument("--bundle", help="bundle folder or BentoML tag (default: SCULPT_BUNDLE)")

@@ -4,7 +4,7 @@ The service hands every batch of embeddings it serves to :meth:`DriftMonitor.obs
 call only copies the batch into a bounded pending queue and bumps counters (O(batch)); it never
 computes a statistic. Every ``every`` new embeddings it wakes a background daemon thread, which
 moves the pending rows into the window (a ring buffer of the last ``window`` embeddings) and
-scores that window against the bundle's reference with :class:`~sculptserve.calibration.
+scores that window against the bundle's reference with :class:`~sculptserve.stats.drift_windows.
 WindowScorer` — the same statistics ``sculpt export`` calibrated the thresholds on.
 
 Alert rule. A window *fires* when::
@@ -54,7 +54,7 @@ under 1% of a served request's CPU. With OpenBLAS's default pool (one thread per
 same scoring took 16 ms and, counting the pool's threads busy-waiting after each call, 35 ms
 of CPU (measured on 2 cores). So a process that hosts a monitor should run with
 ``OPENBLAS_NUM_THREADS=1``; the BentoML service passes it to its workers
-(:mod:`sculptserve.service`), and it must be set before numpy is imported.
+(:mod:`sculptserve.serving.http.service`), and it must be set before numpy is imported.
 """
 
 from __future__ import annotations
@@ -72,9 +72,9 @@ import numpy as np
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from sculptserve.bundle_schema import DriftCalibration
-from sculptserve.calibration import WindowScorer, WindowStatistics
-from sculptserve.results import Result
+from sculptserve.bundle.schema import DriftCalibration
+from sculptserve.stats.drift_windows import WindowScorer, WindowStatistics
+from sculptserve.stats.results import Result
 
 log = logging.getLogger(__name__)
 

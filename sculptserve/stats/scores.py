@@ -1,7 +1,7 @@
 """Unsupervised scores of a set of embeddings: dependence between dimensions, fit to a prior,
 and reconstruction quality. Pure numpy/scipy functions returning small result objects.
 
-LPS lives in :mod:`sculptserve.lps`; MMD in :mod:`sculptserve.mmd`.
+LPS lives in :mod:`sculptserve.stats.lps`; MMD in :mod:`sculptserve.stats.mmd`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import stats
 
-from sculptserve.lps import linear_r2_from_covariance
-from sculptserve.results import Result
-from sculptserve.validation import EmbeddingError, as_embeddings, constant_dims
+from sculptserve.stats.lps import linear_r2_from_covariance
+from sculptserve.stats.results import Result
+from sculptserve.stats.validation import EmbeddingError, as_embeddings, constant_dims
 
 if TYPE_CHECKING:
-    from sculptserve.priors import Prior
+    from sculptserve.stats.priors import Prior
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,14 @@
 """The embedding service's core, shared by the REST (BentoML) and gRPC front ends.
 
-One :class:`EmbeddingApp` holds the verified bundle, the ONNX Runtime sessions, the drift
-monitor and the request limits. Its request methods take plain Python request values and
-return small result dataclasses holding numpy arrays (:class:`EmbedResult`,
-:class:`ReconstructResult`, :class:`GenerateResult`); each transport serializes them in its
-own form (REST: JSON lists and base64 PNGs in :mod:`sculptserve.service`; gRPC: tensors and PNG
-bytes in :mod:`sculptserve.grpc.server`). ``info()`` and ``drift()`` are JSON-able dicts, the
-same on both. Every client mistake is a :class:`~sculptserve.errors.PayloadError` (REST: 400,
-gRPC: INVALID_ARGUMENT). The app reads no environment: :meth:`EmbeddingApp.from_settings`
-takes a :class:`~sculptserve.settings.Settings`. No torch anywhere.
+One :class:`EmbeddingApp` holds the verified bundle, the ONNX Runtime sessions, the drift monitor
+and the request limits. Its request methods take plain Python request values and return small result
+dataclasses holding numpy arrays (:class:`EmbedResult`, :class:`ReconstructResult`,
+:class:`GenerateResult`); each transport serializes them in its own form (REST: JSON lists and
+base64 PNGs in :mod:`sculptserve.serving.http.service`; gRPC: tensors and PNG bytes in
+:mod:`sculptserve.serving.grpc.server`). ``info()`` and ``drift()`` are JSON-able dicts, the same on
+both. Every client mistake is a :class:`~sculptserve.serving.errors.PayloadError` (REST: 400, gRPC:
+INVALID_ARGUMENT). The app reads no environment: :meth:`EmbeddingApp.from_settings` takes a
+:class:`~sculptserve.serving.settings.Settings`. No torch anywhere.
 """
 
 from __future__ import annotations
@@ -20,21 +20,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sculptserve.batching import BatchConfig, MicroBatcher
-from sculptserve.bundle import Bundle, load_bundle, summarize
-from sculptserve.codec import (
+from sculptserve.bundle.load import Bundle, load_bundle, summarize
+from sculptserve.serving.batching import BatchConfig, MicroBatcher
+from sculptserve.serving.drift import DriftConfig, DriftMonitor
+from sculptserve.serving.errors import PayloadError
+from sculptserve.serving.inputs import (
     ENCODINGS,
     decode_inputs,
     encode_embeddings,
     get_encoding,
     images_to_png,
 )
-from sculptserve.drift import DriftConfig, DriftMonitor
-from sculptserve.errors import PayloadError
-from sculptserve.runtime import EmbeddingRuntime, RuntimeConfig
+from sculptserve.serving.runtime import EmbeddingRuntime, RuntimeConfig
 
 if TYPE_CHECKING:
-    from sculptserve.settings import Settings
+    from sculptserve.serving.settings import Settings
 
 __all__ = [
     "OUTPUT_FORMATS",
@@ -155,7 +155,7 @@ class EmbeddingApp:
             else None
         )
         # Last, so a failure above leaves no dispatcher thread behind. Concurrent embed requests
-        # share encoder calls (sculptserve.batching); None: each request is its own ORT call.
+        # share encoder calls (serving.batching); None: each request is its own ORT call.
         self.batcher: MicroBatcher | None = None
         if self.batch_config.enabled:
             self.batcher = MicroBatcher.from_config(

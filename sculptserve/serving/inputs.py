@@ -51,9 +51,9 @@ from typing import Any
 
 import numpy as np
 
-from sculptserve.bundle_schema import InputSpec
-from sculptserve.errors import PayloadError
-from sculptserve.priors import Prior
+from sculptserve.bundle.schema import InputSpec
+from sculptserve.serving.errors import PayloadError
+from sculptserve.stats.priors import Prior
 
 __all__ = [
     "ENCODINGS",
@@ -74,8 +74,8 @@ __all__ = [
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
-# The client-error type belongs to the core (sculptserve.errors); this alias import keeps
-# `from sculptserve.codec import PayloadError` working during the transition.
+# The client-error type belongs to the core (sculptserve.serving.errors); this alias import keeps
+# `from sculptserve.serving.inputs import PayloadError` working during the transition.
 
 
 # ---------------------------------------------------------------------------------------------

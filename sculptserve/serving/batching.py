@@ -27,8 +27,9 @@ after ``close`` a request runs in its caller's thread, unbatched (requests racin
 are served, not failed).
 
 Configuration (:class:`BatchConfig`; from the environment through
-:meth:`sculptserve.settings.Settings.batch_config`): ``enabled`` (``SCULPT_MICROBATCH``, default
-off), ``max_batch_size`` (``SCULPT_MICROBATCH_MAX_ROWS``, rows, default 64), ``max_latency_ms``
+:meth:`sculptserve.serving.settings.Settings.batch_config`): ``enabled``
+(``SCULPT_MICROBATCH``, default off), ``max_batch_size`` (``SCULPT_MICROBATCH_MAX_ROWS``,
+rows, default 64), ``max_latency_ms``
 (``SCULPT_MICROBATCH_MAX_WAIT_MS``, default 2; 0 means never linger: run whatever is waiting as
 soon as the model is free).
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sculptserve.lps import linear_r2_from_covariance
-from sculptserve.mmd import Kernel, get_kernel, pairwise_sq_dists
-from sculptserve.results import Result
-from sculptserve.validation import as_embeddings
+from sculptserve.stats.lps import linear_r2_from_covariance
+from sculptserve.stats.mmd import Kernel, get_kernel, pairwise_sq_dists
+from sculptserve.stats.results import Result
+from sculptserve.stats.validation import as_embeddings
 
 
 @dataclass(frozen=True)

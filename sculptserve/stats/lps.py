@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sculptserve.results import Result
-from sculptserve.validation import EmbeddingError, as_embeddings, constant_dims
+from sculptserve.stats.results import Result
+from sculptserve.stats.validation import EmbeddingError, as_embeddings, constant_dims
 
 # A regressor predicts every column of ``test`` from the other columns, having fitted on
 # ``train`` (both standardized). Returns the (n_test, d) predictions.

@@ -6,7 +6,7 @@ no mutable state after ``__init__`` (each call gets its own arrays and, for gene
 own ``np.random.Generator``). No web framework and no torch here.
 
 Configuration (:class:`RuntimeConfig`; from the environment through
-:meth:`sculptserve.settings.Settings.runtime_config`, variables in brackets):
+:meth:`sculptserve.serving.settings.Settings.runtime_config`, variables in brackets):
 
 - ``intra_op_threads`` (``SCULPT_ORT_THREADS``): intra-op threads. None: the CPUs this process
   may actually use (``os.sched_getaffinity``, capped by a cgroup CPU quota), never every core
@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from sculptserve.bundle import Bundle, BundleError, validate_session
-from sculptserve.codec import check_model_input, parse_fixed_dims
-from sculptserve.errors import PayloadError
+from sculptserve.bundle.load import Bundle, BundleError, validate_session
+from sculptserve.serving.errors import PayloadError
+from sculptserve.serving.inputs import check_model_input, parse_fixed_dims
 
 __all__ = [
     "PROVIDER_ALIASES",
@@ -271,7 +271,7 @@ class EmbeddingRuntime:
 
         Deterministic for a seed (``np.random.default_rng(seed)``, independent of chunking).
         ``fixed`` maps dimension index -> value, overriding those dimensions in every sample
-        (see :func:`sculptserve.codec.parse_fixed_dims`). Bad arguments are PayloadErrors.
+        (see :func:`sculptserve.serving.inputs.parse_fixed_dims`). Bad arguments are PayloadErrors.
         """
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
             raise PayloadError(f"n must be an integer >= 1 (got {n!r})")

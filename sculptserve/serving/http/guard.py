@@ -15,7 +15,7 @@ BentoML 1.4 has neither built in, so both live here, in front of every route
 
 Error bodies are ``{"error": "..."}``. The middleware takes its key and limit as arguments;
 without them (BentoML constructs it when the ASGI app is built) it loads them once, at
-construction, through :func:`sculptserve.settings.load_settings`.
+construction, through :func:`sculptserve.serving.settings.load_settings`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from sculptserve.settings import load_settings
+from sculptserve.serving.settings import load_settings
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -4,7 +4,7 @@
 anything that serves it: it checks the manifest's schema version and fields, the sha256 of
 every file, the ONNX graphs' input/output names and shapes against the manifest, and the
 reference embeddings. Every problem is a :class:`BundleError` whose message names the file,
-says what is wrong and what to do. The schema itself lives in :mod:`sculptserve.bundle_schema`.
+says what is wrong and what to do. The schema itself lives in :mod:`sculptserve.bundle.schema`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import ValidationError
 
-from sculptserve.bundle_schema import MANIFEST, SCHEMA_VERSION, Manifest, OnnxGraph
+from sculptserve.bundle.schema import MANIFEST, SCHEMA_VERSION, Manifest, OnnxGraph
 from sculptserve.files import load_npy
-from sculptserve.priors import Prior, PriorSpecError, prior_from_dict
+from sculptserve.stats.priors import Prior, PriorSpecError, prior_from_dict
 
 __all__ = [
     "Bundle",

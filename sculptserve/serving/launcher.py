@@ -1,13 +1,13 @@
 """`sculpt serve`: HTTP (BentoML) and gRPC from one process, one runtime, one drift monitor.
 
 `sculpt serve BUNDLE` verifies the bundle, then runs `bentoml serve
-sculptserve.service:SculptService` with SCULPT_BUNDLE, SCULPT_GRPC_PORT and SCULPT_GRPC_HOST set
-(the other SCULPT_* settings pass through from the environment; see sculptserve.settings).
-The service's worker starts the grpc.aio server on a background thread (:class:`GrpcThread`)
-beside the HTTP app, sharing its :class:`~sculptserve.app.EmbeddingApp` — so REST and gRPC
-traffic go through the same ONNX sessions, validation and drift window, and show in the same
-/metrics.
-`bentoml serve sculptserve.service:SculptService` without SCULPT_GRPC_PORT serves HTTP alone.
+sculptserve.serving.http.service:SculptService` with SCULPT_BUNDLE, SCULPT_GRPC_PORT and
+SCULPT_GRPC_HOST set (the other SCULPT_* settings pass through from the environment; see
+sculptserve.serving.settings). The service's worker starts the grpc.aio server on a background
+thread (:class:`GrpcThread`) beside the HTTP app, sharing its
+:class:`~sculptserve.serving.core.EmbeddingApp` — so REST and gRPC traffic go through the same ONNX
+sessions, validation and drift window, and show in the same /metrics. `bentoml serve
+sculptserve.serving.http.service:SculptService` without SCULPT_GRPC_PORT serves HTTP alone.
 """
 
 from __future__ import annotations
@@ -20,16 +20,17 @@ import sys
 import threading
 from typing import Any
 
-from sculptserve.settings import load_settings
+from sculptserve.serving.settings import load_settings
 
 
 class GrpcThread:
     """A grpc.aio server on its own event loop in a daemon thread.
 
-    The same lifecycle as the standalone server (:func:`sculptserve.grpc.server.start_server`
-    and :func:`~sculptserve.grpc.server.stop_server`): health follows the app's readiness
-    while it runs; :meth:`stop` flips health to NOT_SERVING first, then drains in-flight calls
-    within the grace period. ``api_key``: see :func:`~sculptserve.grpc.server.build_server`.
+    The same lifecycle as the standalone server
+    (:func:`sculptserve.serving.grpc.server.start_server` and
+    :func:`~sculptserve.serving.grpc.server.stop_server`): health follows the app's readiness while
+    it runs; :meth:`stop` flips health to NOT_SERVING first, then drains in-flight calls within the
+    grace period. ``api_key``: see :func:`~sculptserve.serving.grpc.server.build_server`.
     """
 
     def __init__(
@@ -41,7 +42,7 @@ class GrpcThread:
         *,
         readiness_interval_s: float | None = None,
     ) -> None:
-        from sculptserve.grpc.server import (
+        from sculptserve.serving.grpc.server import (
             READINESS_INTERVAL_S,
             bound_port,
             build_server,
@@ -82,7 +83,7 @@ class GrpcThread:
         seconds; end the thread."""
         if not self._thread.is_alive():
             return
-        from sculptserve.grpc.server import stop_server
+        from sculptserve.serving.grpc.server import stop_server
 
         # The coroutine is created on the server's own loop: grpc.aio binds to the running loop.
         self._loop.call_soon_threadsafe(
@@ -112,7 +113,8 @@ Try it (another terminal):
 gRPC on port {grpc_port} (health, reflection, sculpt.v1.Sculpt):
   grpcurl -plaintext localhost:{grpc_port} list
   grpcurl -plaintext -d '{{}}' localhost:{grpc_port} sculpt.v1.Sculpt/GetInfo
-  python -c 'import grpc; from sculptserve.grpc import sculpt_pb2 as pb, sculpt_pb2_grpc as rpc; \\
+  python -c 'import grpc; \\
+from sculptserve.serving.grpc import sculpt_pb2 as pb, sculpt_pb2_grpc as rpc; \\
 print(rpc.SculptStub(grpc.insecure_channel("localhost:{grpc_port}")).GetDrift(pb.GetDriftRequest()).state)'
 """
 
@@ -120,7 +122,7 @@ print(rpc.SculptStub(grpc.insecure_channel("localhost:{grpc_port}")).GetDrift(pb
 def bentoml_serve_command(port: int, host: str) -> list[str]:
     """The `bentoml serve` command line for the sculpt service (HTTP)."""
     return [
-        sys.executable, "-m", "bentoml", "serve", "sculptserve.service:SculptService",
+        sys.executable, "-m", "bentoml", "serve", "sculptserve.serving.http.service:SculptService",
         "--port", str(port), "--host", host,
     ]  # fmt: skip
 
@@ -129,7 +131,7 @@ def run_serve(
     bundle: str, *, port: int = 3000, grpc_port: int = 50051, host: str = "127.0.0.1"
 ) -> int:
     """Verify ``bundle``, then run the BentoML server (HTTP + gRPC) until interrupted."""
-    from sculptserve.bundle import load_bundle
+    from sculptserve.bundle.load import load_bundle
 
     manifest = load_bundle(bundle).manifest  # fail fast, one readable line, before starting
     settings = load_settings()  # an invalid SCULPT_* value fails here, in one line

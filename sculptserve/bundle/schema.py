@@ -105,7 +105,7 @@ class Manifest(_Strict):
     sculptserve_version: str
     input: InputSpec
     latent_dim: int
-    prior: dict[str, Any] = Field(description="prior spec (sculptserve.priors JSON form)")
+    prior: dict[str, Any] = Field(description="prior spec (sculptserve.stats.priors JSON form)")
     objective: dict[str, Any]
     training: dict[str, Any] = Field(description="the run's config.json and final step")
     metrics: dict[str, Any] = Field(description="validation metrics of the run at export")
