@@ -2,13 +2,13 @@
 
     python benchmarks/bench_export.py [--run RUN_DIR] [--batches 1 32 256] [--repeats 15]
 
-Builds the default `shapes` model (build_autoencoder((1, 64, 64), 8, width=32), seeded,
-untrained: throughput does not depend on the weights) or loads a finished run, exports its
-encoder with export.onnx_export, and times both runtimes on the same inputs: per batch size,
-a few warm-up calls, then the median over repeats of a timed block of calls (about 256
-embeddings per block, so batch 1 is not timing a single sub-millisecond call). Both runtimes
-get the same intra-op thread count (default: the cores this process may use). Prints a
-markdown table for benchmarks/RESULTS.md.
+Builds the default `shapes` model (build_autoencoder((1, 64, 64), 8, width=32), seeded, untrained:
+throughput does not depend on the weights) or loads a finished run, exports its encoder with
+sculptserve.export.onnx_export, and times both runtimes on the same inputs: per batch size, a few
+warm-up calls, then the median over repeats of a timed block of calls (about 256 embeddings per
+block, so batch 1 is not timing a single sub-millisecond call). Both runtimes get the same intra-op
+thread count (default: the cores this process may use). Prints a markdown table for
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
 
-from export.onnx_export import export_module, ort_session, parity_check
-from training.checkpoint import load_trained_model
-from training.models import build_autoencoder
+from sculptserve.export.onnx_export import export_module, ort_session, parity_check
+from sculptserve.training.checkpoint import load_trained_model
+from sculptserve.training.models import build_autoencoder
 
 BLOCK = 256  # embeddings per timed block
 

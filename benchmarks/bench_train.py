@@ -6,11 +6,11 @@
 Defaults: the standard CPU size of benchmarks/cells.py (32x32, d = 5, width 16, batch 256,
 imq kernel).
 
-For each objective: (1) a minimal hand-written loop (same model, data, batch rows, prior
-batches and loss; nothing else), (2) `training.trainer.train` on the same config, timed from
-its own metrics.jsonl (`elapsed_s` between the first and last logged step, so set-up and the
-step-0 validation are excluded, while logging, progress and checkpointing are included).
-Prints a markdown table for benchmarks/RESULTS.md.
+For each objective: (1) a minimal hand-written loop (same model, data, batch rows, prior batches and
+loss; nothing else), (2) `sculptserve.training.trainer.train` on the same config, timed from its own
+metrics.jsonl (`elapsed_s` between the first and last logged step, so set-up and the step-0
+validation are excluded, while logging, progress and checkpointing are included). Prints a markdown
+table for benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
 
-from training.config import TrainConfig
-from training.data import load_dataset
-from training.models import build_autoencoder
-from training.objectives import RegularizerInput
-from training.trainer import batch_rows, make_objective, make_prior, prior_batch, train
+from sculptserve.training.config import TrainConfig
+from sculptserve.training.data import load_dataset
+from sculptserve.training.models import build_autoencoder
+from sculptserve.training.objectives import RegularizerInput
+from sculptserve.training.trainer import batch_rows, make_objective, make_prior, prior_batch, train
 
 
 def bare_loop(config: TrainConfig, steps: int, warmup: int) -> float:

@@ -77,7 +77,7 @@ class Cell:
     options: dict[str, Any] = field(default_factory=dict)
 
     def config(self, out: Path, step: int) -> Any:
-        from training.config import TrainConfig
+        from sculptserve.training.config import TrainConfig
 
         return TrainConfig(
             out=str(out / self.name),
@@ -117,8 +117,8 @@ def score(run_dir: Path, evaluation: EvalConfig = EVAL) -> tuple[dict[str, Any],
 def train_resumable(config: Any) -> dict[str, Any]:
     """Train ``config.out`` to ``config.max_steps``, resuming a run that was stopped part-way
     (a killed session, or an earlier segment); return the trainer's summary."""
-    from training.checkpoint import latest_checkpoint
-    from training.trainer import train
+    from sculptserve.training.checkpoint import latest_checkpoint
+    from sculptserve.training.trainer import train
 
     run_dir = Path(config.out)
     if (run_dir / "config.json").exists() and latest_checkpoint(run_dir) is None:
@@ -129,7 +129,7 @@ def train_resumable(config: Any) -> dict[str, Any]:
 
 def run_cell(cell: Cell, out: Path, evaluation: EvalConfig = EVAL) -> list[dict[str, Any]]:
     """Train ``cell`` through its checkpoints, scoring each once; return its records."""
-    from training.config import ConfigError
+    from sculptserve.training.config import ConfigError
 
     run_dir = out / cell.name
     records = []

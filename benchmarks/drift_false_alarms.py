@@ -22,7 +22,7 @@ from machine import describe
 from sculptserve.bundle.load import load_bundle
 from sculptserve.serving.core import EmbeddingApp
 from sculptserve.serving.drift import DriftConfig
-from training.data import load_dataset
+from sculptserve.training.data import load_dataset
 
 
 def main() -> None:

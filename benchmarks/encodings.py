@@ -13,7 +13,7 @@ import argparse
 
 import numpy as np
 
-from sculptserve.serving.inputs import ENCODINGS, decode_embeddings, encode_embeddings
+from sculptserve.serving.encodings import ENCODINGS, decode_embeddings, encode_embeddings
 from sculptserve.stats.priors import parse_prior
 
 

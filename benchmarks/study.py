@@ -4,7 +4,7 @@
     python benchmarks/study.py --standard [--jobs 2]  # the standard CPU budget (a few hours)
     python benchmarks/study.py --full --device cuda    # the paper-sized budget, for a GPU
 
-Trains every model of the comparison with ``training.trainer.train`` and scores it with
+Trains every model of the comparison with ``sculptserve.training.trainer.train`` and scores it with
 ``sculpt eval``'s core (:mod:`sculptserve.offline.evaluation`), then writes benchmarks/STUDY.md:
 
 - the paper's table on ``shapes`` and ``fashion-mnist``: ``mmd`` (rbf, imq), ``ae``, ``vae``,
@@ -169,7 +169,7 @@ def experiments(size: Size) -> list[Experiment]:
 
 
 def train_config(exp: Experiment, size: Size, out: Path, device: str) -> Any:
-    from training.config import TrainConfig
+    from sculptserve.training.config import TrainConfig
 
     data = size.data[exp.dataset]
     options = {k: v for k, v in exp.options.items() if k != "copy_from"}

@@ -23,13 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.onnx_export import (
-    FP16_TOLERANCE,
-    FP32_TOLERANCE,
-    convert_fp16,
-    export_module,
-    parity_check,
-)
 from sculptserve import __version__
 from sculptserve.bundle.load import load_bundle, sha256_file
 from sculptserve.bundle.schema import (
@@ -42,13 +35,20 @@ from sculptserve.bundle.schema import (
     ParityReport,
     ReferenceSpec,
 )
+from sculptserve.export.onnx_export import (
+    FP16_TOLERANCE,
+    FP32_TOLERANCE,
+    convert_fp16,
+    export_module,
+    parity_check,
+)
 from sculptserve.files import save_npy
 from sculptserve.stats.drift_windows import calibrate_drift
 from sculptserve.stats.priors import parse_prior
-from training.checkpoint import load_trained_model
-from training.config import TrainConfig
-from training.data import dataset_from_description
-from training.trainer import encode_decode, make_objective
+from sculptserve.training.checkpoint import load_trained_model
+from sculptserve.training.config import TrainConfig
+from sculptserve.training.data import dataset_from_description
+from sculptserve.training.trainer import encode_decode, make_objective
 
 PARITY_BATCHES = (1, 2, 7, 64)
 # fp32 graphs must match torch to 1e-4 (the bar); fp16 graphs round activations to

@@ -8,5 +8,5 @@ bash scripts/setup.sh
 . "${VENV:-.venv}/bin/activate"
 ruff check .
 ruff format --check .
-lint-imports  # the architecture contracts in pyproject.toml ([tool.importlinter])
+python scripts/lint_imports.py  # the architecture contracts in pyproject.toml ([tool.importlinter])
 python -m pytest "$@"

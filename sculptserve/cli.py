@@ -286,8 +286,8 @@ def train_command(ctx: click.Context, resume: bool, **options: object) -> None:
     report/*.png into --out. Ctrl-C saves a checkpoint; --resume continues exactly. Under
     `torchrun --nproc_per_node N -m sculptserve.cli train ...` it trains with DDP.
     """
-    from training.config import TrainConfig
-    from training.trainer import train
+    from sculptserve.training.config import TrainConfig
+    from sculptserve.training.trainer import train
 
     options["align"] = list(options["align"])
     if options["channels"] is not None:
@@ -345,8 +345,8 @@ def export_command(
     match torch (1e-4 for fp32) on held-out inputs and batches of 1, 2, 7 and 64, or nothing
     is written.
     """
-    from export.onnx_export import ExportError
-    from export.writer import ExportOptions, export_run, import_to_bentoml
+    from sculptserve.export.onnx_export import ExportError
+    from sculptserve.export.writer import ExportOptions, export_run, import_to_bentoml
 
     options = ExportOptions(
         name=name,
@@ -512,7 +512,7 @@ def embed_command(bundle: str, data: str, out: str, encoding: str, batch_size: i
     BUNDLE's encoder in ONNX Runtime, into an .npy (rows in DATA's order). No torch."""
     from sculptserve.bundle.load import load_bundle
     from sculptserve.offline.embedding import bundle_data_description, embed_rows, model_dataset
-    from sculptserve.serving.inputs import encode_embeddings
+    from sculptserve.serving.encodings import encode_embeddings
     from sculptserve.serving.runtime import EmbeddingRuntime
 
     loaded = load_bundle(bundle)

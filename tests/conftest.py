@@ -19,8 +19,8 @@ def torch_one_thread():
 def tiny_shapes_run(tmp_path_factory):
     """A finished 30-step `shapes` run (latent 4, width 8): a real model, trained in seconds,
     shared by the export and evaluation tests. Treat it as read-only."""
-    from training.config import TrainConfig
-    from training.trainer import train
+    from sculptserve.training.config import TrainConfig
+    from sculptserve.training.trainer import train
 
     run = tmp_path_factory.mktemp("runs") / "shapes-run"
     config = TrainConfig(

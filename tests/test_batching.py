@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from sculptserve.bundle.load import load_bundle
 from sculptserve.serving.batching import BatchConfig, MicroBatcher
 from sculptserve.serving.core import EmbeddingApp
-from sculptserve.serving.inputs import PayloadError
+from sculptserve.serving.errors import PayloadError
 from sculptserve.serving.settings import SculptDeprecationWarning, load_settings
 
 LIVENESS_S = 60.0  # only a guard against a hung test, never a speed requirement

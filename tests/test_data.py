@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data import (
+from sculptserve.training.data import (
     DATASETS,
     DataError,
     Dataset,
     dataset_from_description,
     load_dataset,
 )
-from training.data import shapes as S
-from training.data.fashion_mnist import DEFAULT_PATH as FASHION_PATH
+from sculptserve.training.data import shapes as S
+from sculptserve.training.data.fashion_mnist import DEFAULT_PATH as FASHION_PATH
 
 Image = pytest.importorskip("PIL.Image")
 pa = pytest.importorskip("pyarrow")

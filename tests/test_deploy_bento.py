@@ -58,7 +58,8 @@ def _check_common(bento: Path, model_tag: str) -> None:
     assert envs["BENTOML_DO_NOT_TRACK"] == "true"
     src = bento / "src"
     assert (src / "sculptserve" / "serving" / "http" / "service.py").is_file()
-    assert not (src / "training").exists() and not (src / "export").exists()
+    for torch_side in ("training", "export"):
+        assert not (src / torch_side).exists() and not (src / "sculptserve" / torch_side).exists()
     dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
     # The Deployment runs as the image's bentoml user.
     uid = pod_spec(find(render("overlays/cpu"), "Deployment"))["securityContext"]["runAsUser"]

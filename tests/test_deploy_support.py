@@ -97,7 +97,8 @@ def import_toy_bundle(home: Path, workdir: Path) -> str:
     """A toy bundle named `embedder` in the store at ``home``, via export/writer.py."""
     code = (
         "import sys; from pathlib import Path; sys.path.insert(0, 'tests');"
-        "from bundle_factory import make_bundle; from export.writer import import_to_bentoml;"
+        "from bundle_factory import make_bundle;"
+        "from sculptserve.export.writer import import_to_bentoml;"
         f"print(import_to_bentoml(make_bundle(Path({str(workdir)!r}), name='embedder')))"
     )
     result = subprocess.run(

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from export.writer import ExportOptions, export_run
 from sculptserve.bundle.load import load_bundle
+from sculptserve.export.writer import ExportOptions, export_run
 from sculptserve.serving.core import EmbeddingApp
 from sculptserve.serving.inputs import raw_items
-from training.config import TrainConfig
-from training.data import load_dataset
-from training.trainer import train
+from sculptserve.training.config import TrainConfig
+from sculptserve.training.data import load_dataset
+from sculptserve.training.trainer import train
 
 WINDOW, EVERY = 256, 128
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from export.writer import ExportOptions, export_run
 from sculptserve.cli import cli
+from sculptserve.export.writer import ExportOptions, export_run
 from sculptserve.offline.embedding import model_dataset, sample_rows
 from sculptserve.offline.evaluation import (
     EVAL_KEYS,
@@ -25,8 +25,8 @@ from sculptserve.offline.sources import EvalRequest, default_output, detect_kind
 from sculptserve.serving.runtime import EmbeddingRuntime
 from sculptserve.stats.priors import parse_prior
 from sculptserve.stats.scores import nmse_db
-from training.checkpoint import load_trained_model
-from training.trainer import encode_decode
+from sculptserve.training.checkpoint import load_trained_model
+from sculptserve.training.trainer import encode_decode
 
 # Small but statistically meaningful sizes, so the file runs in well under a minute.
 SMALL = EvalConfig(
@@ -235,7 +235,7 @@ def test_detect_kind_and_default_outputs(shapes_run, shapes_bundle, tmp_path):
 
 def test_cli_embed_matches_the_runtime(shapes_bundle, tmp_path):
     from sculptserve.bundle.load import load_bundle
-    from training.data import load_dataset
+    from sculptserve.training.data import load_dataset
 
     out = tmp_path / "emb.npy"
     result = CliRunner().invoke(cli, ["embed", str(shapes_bundle), "digits", "--out", str(out)])

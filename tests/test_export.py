@@ -13,13 +13,13 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from export import writer
-from export.writer import ExportOptions, export_run
 from sculptserve.bundle.load import BundleError, load_bundle
 from sculptserve.cli import cli
-from training.config import TrainConfig
-from training.data import load_dataset
-from training.trainer import train
+from sculptserve.export import writer
+from sculptserve.export.writer import ExportOptions, export_run
+from sculptserve.training.config import TrainConfig
+from sculptserve.training.data import load_dataset
+from sculptserve.training.trainer import train
 
 FAST = ExportOptions(n_reference=256, window=64, n_resamples=50)
 

@@ -36,10 +36,10 @@ from PIL import Image
 from sculptserve.bundle.load import load_bundle
 from sculptserve.serving.core import EmbeddingApp, ServiceLimits
 from sculptserve.serving.drift import STATES
+from sculptserve.serving.encodings import ENCODINGS
 from sculptserve.serving.grpc import sculpt_pb2 as pb
 from sculptserve.serving.grpc import sculpt_pb2_grpc as pb_grpc
 from sculptserve.serving.grpc.server import bound_port, build_server
-from sculptserve.serving.inputs import ENCODINGS
 from sculptserve.serving.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]

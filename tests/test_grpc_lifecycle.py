@@ -26,7 +26,7 @@ from sculptserve.serving.core import EmbeddingApp
 from sculptserve.serving.grpc import sculpt_pb2 as pb
 from sculptserve.serving.grpc import sculpt_pb2_grpc as pb_grpc
 from sculptserve.serving.grpc.server import serve
-from sculptserve.serving.launcher import GrpcThread
+from sculptserve.serving.grpc.thread import GrpcThread
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

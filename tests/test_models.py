@@ -1,5 +1,5 @@
-"""Tests for training.models: shapes, encoder contract, stochastic sampling, config round trip,
-traceability of the exported encoder, and that a small model can learn."""
+"""Tests for sculptserve.training.models: shapes, encoder contract, stochastic sampling, config
+round trip, traceability of the exported encoder, and that a small model can learn."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training.models import Autoencoder, build_autoencoder, conv_plan  # noqa: E402
+from sculptserve.training.models import Autoencoder, build_autoencoder, conv_plan  # noqa: E402
 
 # (input shape, expected encoder spatial sizes) for the datasets the project ships with
 IMAGE_SHAPES = {

@@ -1,4 +1,4 @@
-"""Tests for training.objectives: registry and parameter errors, and the value of each
+"""Tests for sculptserve.training.objectives: registry and parameter errors, and the value of each
 regularizer against closed forms, sculptserve.stats.mmd, and known statistical behaviour."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from sculptserve.stats.mmd import mmd2  # noqa: E402
 from sculptserve.stats.priors import parse_prior  # noqa: E402
-from training.objectives import (  # noqa: E402
+from sculptserve.training.objectives import (  # noqa: E402
     OBJECTIVES,
     RegularizerInput,
     build_objective,
@@ -317,7 +317,7 @@ def test_regularizers_run_in_float32_under_bf16_autocast():
 
 
 def test_permute_columns_keeps_every_column_and_cuts_the_links():
-    from training.objectives import permute_columns
+    from sculptserve.training.objectives import permute_columns
 
     z = torch.arange(40.0).reshape(10, 4)
     shuffled = permute_columns(z, seed=0, step=3)

@@ -13,7 +13,7 @@ import onnx
 import pytest
 import torch
 
-from export.onnx_export import (
+from sculptserve.export.onnx_export import (
     FP16_TOLERANCE,
     ExportError,
     ParityError,
@@ -23,7 +23,7 @@ from export.onnx_export import (
     ort_session,
     parity_check,
 )
-from training.models import Autoencoder, build_autoencoder
+from sculptserve.training.models import Autoencoder, build_autoencoder
 
 BATCHES = (1, 2, 7, 64)
 

@@ -1,4 +1,5 @@
-"""Packaging basics: license file, PEP 561 marker, `python -m sculptserve`."""
+"""Packaging basics: license file, PEP 561 marker, `python -m sculptserve`, and what the wheel
+installs (everything inside the sculptserve namespace)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import re
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,3 +41,50 @@ def test_python_dash_m_runs_the_cli() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "serve" in proc.stdout and "train" in proc.stdout and "Usage:" in proc.stdout
+
+
+def _package_folders() -> dict[str, Path]:
+    """Every package of the distribution, by import name -> its folder in the repository."""
+    mapping = PYPROJECT["tool"]["setuptools"]["package-dir"]
+    roots = {"sculptserve": REPO / "sculptserve"}
+    roots.update({name: REPO / folder for name, folder in mapping.items()})
+    found = {}
+    for name, root in roots.items():
+        for init in root.rglob("__init__.py"):
+            parts = init.parent.relative_to(root).parts
+            found[".".join((name, *parts))] = init.parent
+    return found
+
+
+def test_every_package_folder_is_listed() -> None:
+    assert set(PYPROJECT["tool"]["setuptools"]["packages"]) == set(_package_folders())
+
+
+def test_the_wheel_installs_everything_inside_the_sculptserve_namespace(tmp_path: Path) -> None:
+    """No generic top-level names (training, export) in site-packages: a built wheel holds
+    sculptserve/ and its dist-info only, with the torch side at sculptserve/training|export."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = tmp_path.glob("sculptserve-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names}
+    assert top == {"sculptserve", next(t for t in top if t.endswith(".dist-info"))}
+    for path in (
+        "sculptserve/training/trainer.py",
+        "sculptserve/training/data/shapes.py",
+        "sculptserve/export/writer.py",
+        "sculptserve/serving/grpc/sculpt.proto",
+        "sculptserve/serving/grpc/sculpt_pb2.pyi",
+        "sculptserve/py.typed",
+    ):
+        assert path in names, path
+    # every module of every package made it in
+    for name, folder in _package_folders().items():
+        for module in folder.glob("*.py"):
+            assert "/".join([*name.split("."), module.name]) in names, module

@@ -1,4 +1,4 @@
-"""Tests for training.report: the end-of-training PNG report (numpy only, no torch)."""
+"""Tests for sculptserve.training.report: the end-of-training PNG report (numpy only, no torch)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from matplotlib import image as mpimg
 from scipy import stats
 
 from sculptserve.stats.priors import Prior, parse_prior
-from training.report import (
+from sculptserve.training.report import (
     MAX_FEATURES,
     REPORT_FILES,
     latent_ks,
@@ -218,7 +218,7 @@ def test_single_nan_latent_rejected(good: dict) -> None:
 
 def test_module_imports_neither_torch_nor_pyplot() -> None:
     code = (
-        "import sys, training.report; "
+        "import sys, sculptserve.training.report; "
         "print('torch' in sys.modules, 'matplotlib.pyplot' in sys.modules)"
     )
     done = subprocess.run(

@@ -12,7 +12,8 @@ from sculptserve.cli import cli
 from sculptserve.serving.core import EmbeddingApp
 from sculptserve.serving.grpc import sculpt_pb2 as pb
 from sculptserve.serving.grpc import sculpt_pb2_grpc as rpc
-from sculptserve.serving.launcher import GrpcThread, example_calls
+from sculptserve.serving.grpc.thread import GrpcThread
+from sculptserve.serving.launcher import example_calls
 
 
 def free_port() -> int:

@@ -18,8 +18,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from sculptserve.cli import cli
-from training.config import ConfigError, TrainConfig
-from training.trainer import TrainingDiverged, train
+from sculptserve.training.config import ConfigError, TrainConfig
+from sculptserve.training.trainer import TrainingDiverged, train
 
 TINY = dict(width=8, val_size=256, log_every=5, report=False)
 
@@ -130,8 +130,8 @@ def test_resume_continues_a_vae_exactly(tmp_path, tabular_npy):
 def test_checkpoint_carries_the_cuda_rng_state(tmp_path, monkeypatch):
     """On a CUDA device the checkpoint stores that device's generator and resuming there
     restores it (faked here: this test must run without a GPU); on a CPU it stores none."""
-    from training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
-    from training.models import build_autoencoder
+    from sculptserve.training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+    from sculptserve.training.models import build_autoencoder
 
     cuda = torch.device("cuda", 0)
     saved_state = torch.arange(16, dtype=torch.uint8)
@@ -344,10 +344,10 @@ def test_torchrun_ddp_uses_the_global_batch(tmp_path, tabular_npy, extra):
 
 def test_alignment_ties_the_chosen_dimension_to_its_factor(tmp_path):
     """With 10% of the labels, latent 0 follows posX on held-out data; without, it need not."""
-    from training.alignment import factor_correlation
-    from training.checkpoint import load_trained_model
-    from training.data import load_dataset
-    from training.trainer import encode_decode
+    from sculptserve.training.alignment import factor_correlation
+    from sculptserve.training.checkpoint import load_trained_model
+    from sculptserve.training.data import load_dataset
+    from sculptserve.training.trainer import encode_decode
 
     val = load_dataset("shapes", split="val")
     rows = np.arange(1024)

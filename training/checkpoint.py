@@ -108,9 +108,9 @@ def load_trained_model(run_dir: str | Path) -> torch.nn.Module:
     """Rebuild a finished run's model from config.json + data.json and load its weights."""
     import json
 
-    from training.config import TrainConfig
-    from training.models import build_autoencoder
-    from training.objectives import OBJECTIVES
+    from sculptserve.training.config import TrainConfig
+    from sculptserve.training.models import build_autoencoder
+    from sculptserve.training.objectives import OBJECTIVES
 
     run = Path(run_dir)
     for name in ("config.json", "data.json", "weights.safetensors"):

@@ -35,18 +35,23 @@ from sculptserve.stats.lps import latent_predictability
 from sculptserve.stats.mmd import mmd2
 from sculptserve.stats.priors import Prior, parse_prior
 from sculptserve.stats.scores import nmse_db
-from training.alignment import Alignment, factor_correlation, parse_align
-from training.checkpoint import (
+from sculptserve.training.alignment import Alignment, factor_correlation, parse_align
+from sculptserve.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     restore_rng,
     save_checkpoint,
     save_weights,
 )
-from training.config import DEFAULT_MAX_STEPS, RESUMABLE_CHANGES, ConfigError, TrainConfig
-from training.data import Dataset, load_dataset
-from training.models import build_autoencoder
-from training.objectives import OBJECTIVES, Objective, RegularizerInput, build_objective
+from sculptserve.training.config import (
+    DEFAULT_MAX_STEPS,
+    RESUMABLE_CHANGES,
+    ConfigError,
+    TrainConfig,
+)
+from sculptserve.training.data import Dataset, load_dataset
+from sculptserve.training.models import build_autoencoder
+from sculptserve.training.objectives import OBJECTIVES, Objective, RegularizerInput, build_objective
 
 VAL_MMD_SAMPLES = 1024  # rows used for the validation MMD^2 (O(n^2) memory)
 
@@ -554,7 +559,7 @@ def write_run_report(
     device: torch.device,
 ) -> None:
     """PNGs of the latent space and the decoder; a failure here never loses the run."""
-    from training.report import write_report
+    from sculptserve.training.report import write_report
 
     x, means, recons = held_out
 

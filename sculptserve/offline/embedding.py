@@ -1,8 +1,9 @@
 """Batch work on whole datasets outside the service: which data a model belongs to, and
 running an encoder (and decoder) over many rows with a progress bar.
 
-Used by ``sculpt embed`` (ONNX Runtime) and ``sculpt eval`` (ONNX Runtime for bundles, torch for
-run dirs). numpy only; the datasets come from :mod:`training.data`, which never imports torch.
+Used by ``sculpt embed`` (ONNX Runtime) and ``sculpt eval`` (ONNX Runtime for bundles, torch for run
+dirs). numpy only; the datasets come from :mod:`sculptserve.training.data`, which never imports
+torch.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import numpy as np
 
 from sculptserve.bundle.load import Bundle
 
-if TYPE_CHECKING:  # training.data is imported where used: sculptserve's modules load without it
-    from training.data import Dataset
+# sculptserve.training.data is imported where used: sculptserve's modules load without it
+if TYPE_CHECKING:
+    from sculptserve.training.data import Dataset
 
 Batch = Callable[[np.ndarray], np.ndarray]
 
-# The dataset fields a bundle's manifest keeps (in training.config) and their defaults there.
+# The dataset fields a bundle's manifest keeps (in sculptserve.training.config) and their defaults
+# there.
 _LOAD_FIELDS = {
     "data": None,
     "data_path": None,
@@ -55,7 +58,7 @@ def bundle_data_description(bundle: Bundle) -> dict[str, Any]:
 def model_dataset(description: dict[str, Any], data: str | None = None) -> Dataset:
     """The held-out split a model was validated on, or all rows of ``data`` (a registered
     dataset name or a path) prepared the same way (same normalization and input shape)."""
-    from training.data import dataset_from_description
+    from sculptserve.training.data import dataset_from_description
 
     if data is None:
         return dataset_from_description(description, split="val")

@@ -123,8 +123,8 @@ def _from_model(
 def _load_run(request: EvalRequest) -> EvalInputs:
     import torch
 
-    from training.checkpoint import load_trained_model
-    from training.config import TrainConfig
+    from sculptserve.training.checkpoint import load_trained_model
+    from sculptserve.training.config import TrainConfig
 
     run = Path(request.target)
     model = load_trained_model(run)  # checks the run is finished
@@ -166,7 +166,7 @@ def _load_embeddings(request: EvalRequest) -> EvalInputs:
         raise ValueError(f"{request.target}: embeddings must be (n, d), got shape {z.shape}")
     factors = names = None
     if request.factors is not None:
-        from training.data.base import check_factors
+        from sculptserve.training.data.base import check_factors
 
         factors, names, _ = check_factors(
             load_npy(request.factors), len(z), f"--factors {request.factors}"

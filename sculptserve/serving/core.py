@@ -23,14 +23,9 @@ import numpy as np
 from sculptserve.bundle.load import Bundle, load_bundle, summarize
 from sculptserve.serving.batching import BatchConfig, MicroBatcher
 from sculptserve.serving.drift import DriftConfig, DriftMonitor
+from sculptserve.serving.encodings import ENCODINGS, encode_embeddings, get_encoding, images_to_png
 from sculptserve.serving.errors import PayloadError
-from sculptserve.serving.inputs import (
-    ENCODINGS,
-    decode_inputs,
-    encode_embeddings,
-    get_encoding,
-    images_to_png,
-)
+from sculptserve.serving.inputs import decode_inputs
 from sculptserve.serving.runtime import EmbeddingRuntime, RuntimeConfig
 
 if TYPE_CHECKING:

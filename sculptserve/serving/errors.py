@@ -2,9 +2,9 @@
 
 A :class:`PayloadError` is any mistake of the client's (bad shape, NaN, undecodable image,
 unknown encoding, limits): REST answers it with 400, gRPC with INVALID_ARGUMENT. It is raised
-by the core (:mod:`sculptserve.serving.core`) and the modules it uses for requests (the input codec,
-the runtime); it lives here, below all of them, so none depends on a transport or the codec
-for it. ``sculptserve.serving.inputs.PayloadError`` remains as an alias during the transition.
+by the core (:mod:`sculptserve.serving.core`) and the modules it uses for requests (inputs,
+encodings, the runtime); it lives here, below all of them, so none depends on a transport for
+it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Request payloads <-> model arrays, and the wire encodings of embeddings.
+"""Request payloads -> model arrays: the inputs of /embed, /reconstruct and gRPC.
 
 Pure functions on numpy arrays: no web framework, no ONNX Runtime, no torch. The REST service
 and the gRPC server both call these, so a client error looks the same on either: a
@@ -28,14 +28,6 @@ which is exactly what training does with stored 8-bit images (``x / 255``) and w
 procedural ``shapes`` masks (0/1 stored, 0/255 in a PNG). Pass ``normalize=False`` to treat
 nested lists and raw arrays as model-space inputs instead (e.g. a ``/reconstruct`` output sent
 back in).
-
-Embedding encodings (:data:`ENCODINGS`)
----------------------------------------
-``float32`` (as is), ``float16`` (cast, saturating at +-65504), and ``uint8`` / ``int8``:
-one byte per dimension, quantized through the prior's per-dimension CDF,
-``code = clip(floor(cdf(z) * 256), 0, 255)`` (``int8`` is the same code minus 128), decoded as
-``ppf((code + 0.5) / 256)``. When the latents follow the prior, ``cdf(z)`` is uniform, so equal
-probability bins are the maximum-entropy code: every one of the 256 codes is used equally often.
 """
 
 from __future__ import annotations
@@ -53,29 +45,17 @@ import numpy as np
 
 from sculptserve.bundle.schema import InputSpec
 from sculptserve.serving.errors import PayloadError
-from sculptserve.stats.priors import Prior
 
 __all__ = [
-    "ENCODINGS",
-    "Encoding",
-    "PayloadError",
     "accepted_layouts",
     "check_model_input",
-    "decode_embeddings",
     "decode_inputs",
-    "encode_embeddings",
-    "get_encoding",
-    "images_to_png",
-    "images_to_png_b64",
     "parse_fixed_dims",
+    "raw_items",
 ]
 
 
 _F32_MAX = float(np.finfo(np.float32).max)
-
-
-# The client-error type belongs to the core (sculptserve.serving.errors); this alias import keeps
-# `from sculptserve.serving.inputs import PayloadError` working during the transition.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +63,7 @@ _F32_MAX = float(np.finfo(np.float32).max)
 # ---------------------------------------------------------------------------------------------
 
 
-def _shape_str(shape: Sequence[int]) -> str:
+def shape_str(shape: Sequence[int]) -> str:
     return "[" + ", ".join(str(int(d)) for d in shape) + "]"
 
 
@@ -96,7 +76,7 @@ def _first_bad_item(x: np.ndarray) -> str | None:
     i = int(bad_rows[0])
     pos = int(np.flatnonzero(~np.isfinite(flat[i]))[0])
     value = flat[i, pos]
-    where = _shape_str(np.unravel_index(pos, x.shape[1:]))
+    where = shape_str(np.unravel_index(pos, x.shape[1:]))
     kind = "NaN" if np.isnan(value) else ("Inf" if value > 0 else "-Inf")
     more = f" ({bad_rows.size} items hold NaN/Inf in all)" if bad_rows.size > 1 else ""
     return f"item {i}: holds {kind} at index {where}; every value must be finite{more}"
@@ -115,12 +95,12 @@ def check_model_input(x: Any, input_shape: Sequence[int], *, what: str = "input"
         raise PayloadError(f"{what} must hold real numbers, got dtype {arr.dtype}")
     if arr.ndim == len(shape) and arr.shape == shape:
         raise PayloadError(
-            f"{what} has shape {_shape_str(arr.shape)}, one example without a batch axis; "
+            f"{what} has shape {shape_str(arr.shape)}, one example without a batch axis; "
             f"expected (B, {', '.join(map(str, shape))})"
         )
     if arr.ndim != len(shape) + 1 or arr.shape[1:] != shape:
         raise PayloadError(
-            f"{what} has shape {_shape_str(arr.shape)}, expected "
+            f"{what} has shape {shape_str(arr.shape)}, expected "
             f"(B, {', '.join(map(str, shape))}) with B >= 1"
         )
     if arr.shape[0] == 0:
@@ -141,7 +121,7 @@ _DATA_URL = re.compile(r"^data:[\w.+/-]*;base64,", re.IGNORECASE)
 _PIL_FORMATS = ("PNG", "JPEG")
 _SIXTEEN_BIT = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # Pillow's convert("L") would clip
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
-_PIL_MODES = {1: "L", 3: "RGB"}  # channels -> the mode a PNG/JPEG is converted to
+PIL_MODES = {1: "L", 3: "RGB"}  # channels -> the mode a PNG/JPEG is converted to
 _RAW_KEYS = frozenset({"b64", "dtype", "shape"})
 _RAW_DTYPES = {"float32": np.dtype("<f4"), "<f4": np.dtype("<f4"), "f4": np.dtype("<f4")}
 
@@ -215,7 +195,7 @@ def _plan(spec: InputSpec) -> _Plan:
     image = spec.modality == "image"
     lo, hi = (spec.value_range or (0.0, 1.0))[:2]
     # PNG/JPEG carry 1 (L) or 3 (RGB) channels; the graph's channel count decides
-    mode = _PIL_MODES.get(shape[0]) if image and len(shape) == 3 else None
+    mode = PIL_MODES.get(shape[0]) if image and len(shape) == 3 else None
     return _Plan(
         shape=shape,
         image=image,
@@ -229,9 +209,9 @@ def _plan(spec: InputSpec) -> _Plan:
 
 
 def _layout_error(i: int, got: Sequence[int], plan: _Plan, form: str) -> PayloadError:
-    accepted = " or ".join(_shape_str(s) for s in plan.layouts)
+    accepted = " or ".join(shape_str(s) for s in plan.layouts)
     return PayloadError(
-        f"item {i}: {form} has shape {_shape_str(got)}, expected {accepted}"
+        f"item {i}: {form} has shape {shape_str(got)}, expected {accepted}"
         + (" (channel-first [C, H, W], or channel-last [H, W, C])" if plan.image else "")
     )
 
@@ -249,7 +229,7 @@ def _from_nested(i: int, item: Any, plan: _Plan) -> tuple[np.ndarray, bool]:
     except ValueError:  # numpy refuses ragged nesting
         raise PayloadError(
             f"item {i}: nested list is ragged (rows of different lengths); expected shape "
-            + " or ".join(_shape_str(s) for s in plan.layouts)
+            + " or ".join(shape_str(s) for s in plan.layouts)
         ) from None
     kind = arr.dtype.kind
     if kind not in "fiu":
@@ -349,7 +329,7 @@ def _from_raw(i: int, item: Mapping[str, Any], plan: _Plan) -> tuple[np.ndarray,
     expected = math.prod(shape) * dtype.itemsize
     if len(data) != expected:
         raise PayloadError(
-            f"item {i}: raw 'b64' holds {len(data)} bytes but shape {_shape_str(shape)} of "
+            f"item {i}: raw 'b64' holds {len(data)} bytes but shape {shape_str(shape)} of "
             f"{dtype_name} needs {expected}"
         )
     arr = np.frombuffer(data, dtype=dtype).reshape(shape)
@@ -459,164 +439,3 @@ def parse_fixed_dims(fixed: Mapping[Any, Any] | None, latent_dim: int) -> dict[i
             raise PayloadError(f"fixed: dimension {index} is given twice")
         out[index] = float(value)
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Embedding encodings
-# ---------------------------------------------------------------------------------------------
-
-LEVELS = 256  # one byte per dimension
-_F16_MAX = float(np.finfo(np.float16).max)
-
-
-def _quantize(z: np.ndarray, prior: Prior) -> np.ndarray:
-    """uint8 codes: equal-probability bins of each dimension's prior marginal."""
-    u = prior.cdf(z.astype(np.float64))
-    return np.clip(np.floor(u * LEVELS), 0, LEVELS - 1).astype(np.uint8)
-
-
-def _dequantize(codes: np.ndarray, prior: Prior) -> np.ndarray:
-    """The prior quantile at each bin's probability midpoint."""
-    u = (codes.astype(np.float64) + 0.5) / LEVELS
-    return prior.ppf(u).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class Encoding:
-    """One wire format for embeddings. ``code_range`` is (min, max) for integer codes."""
-
-    name: str
-    dtype: np.dtype
-    description: str
-    encode: Callable[[np.ndarray, Prior], np.ndarray]
-    decode: Callable[[np.ndarray, Prior], np.ndarray]
-    code_range: tuple[int, int] | None = None
-
-    @property
-    def quantized(self) -> bool:
-        return self.code_range is not None
-
-
-ENCODINGS: dict[str, Encoding] = {
-    e.name: e
-    for e in (
-        Encoding(
-            "float32",
-            np.dtype(np.float32),
-            "the encoder output as is",
-            encode=lambda z, prior: z.astype(np.float32),
-            decode=lambda c, prior: c.astype(np.float32),
-        ),
-        Encoding(
-            "float16",
-            np.dtype(np.float16),
-            "half precision, saturating at +-65504",
-            encode=lambda z, prior: np.clip(z, -_F16_MAX, _F16_MAX).astype(np.float16),
-            decode=lambda c, prior: c.astype(np.float32),
-        ),
-        Encoding(
-            "uint8",
-            np.dtype(np.uint8),
-            "code = floor(prior.cdf(z) * 256) in 0..255; decoded as prior.ppf((code + .5) / 256)",
-            encode=_quantize,
-            decode=_dequantize,
-            code_range=(0, 255),
-        ),
-        Encoding(
-            "int8",
-            np.dtype(np.int8),
-            "the uint8 code minus 128, in -128..127",
-            encode=lambda z, prior: (_quantize(z, prior).astype(np.int16) - 128).astype(np.int8),
-            decode=lambda c, prior: _dequantize((c.astype(np.int16) + 128).astype(np.uint8), prior),
-            code_range=(-128, 127),
-        ),
-    )
-}
-
-
-def get_encoding(name: Any) -> Encoding:
-    """The registered encoding ``name``; an unknown one is a PayloadError listing the valid."""
-    enc = ENCODINGS.get(name) if isinstance(name, str) else None
-    if enc is None:
-        raise PayloadError(f"unknown encoding {name!r}; valid encodings: {', '.join(ENCODINGS)}")
-    return enc
-
-
-def _check_batch(arr: np.ndarray, dim: int, what: str, error: type[ValueError]) -> None:
-    if arr.ndim != 2 or arr.shape[1] != dim or arr.shape[0] == 0:
-        raise error(f"{what} has shape {_shape_str(arr.shape)}, expected (n >= 1, {dim})")
-
-
-def encode_embeddings(z: np.ndarray, prior: Prior, encoding: str) -> np.ndarray:
-    """Encoder output ``(n, D)`` -> codes in ``encoding``'s dtype (call ``.tolist()`` for JSON).
-
-    ``z`` comes from the model, so its problems (shape, NaN) are ``ValueError``; only an
-    unknown encoding name is the client's :class:`PayloadError`.
-    """
-    enc = get_encoding(encoding)
-    arr = np.asarray(z)
-    _check_batch(arr, prior.dim, "embeddings", ValueError)
-    if arr.dtype.kind != "f" or not np.isfinite(arr).all():
-        raise ValueError(f"embeddings must be finite floats (dtype {arr.dtype})")
-    return enc.encode(arr, prior)
-
-
-def decode_embeddings(codes: Any, prior: Prior, encoding: str) -> np.ndarray:
-    """Codes of ``encoding`` (array or nested lists) -> float32 latents ``(n, D)``.
-
-    The codes come from a client, so every problem is a :class:`PayloadError`: shape,
-    non-integer or out-of-range codes for the quantized encodings, NaN/Inf for float ones.
-    """
-    enc = get_encoding(encoding)
-    try:
-        arr = np.asarray(codes)
-    except ValueError:
-        raise PayloadError("codes are ragged: every row must have the same length") from None
-    _check_batch(arr, prior.dim, "codes", PayloadError)
-    if arr.dtype.kind not in "fiu":
-        raise PayloadError(f"codes must be numbers, got dtype {arr.dtype}")
-    if enc.code_range is None:
-        if not np.isfinite(arr).all():
-            raise PayloadError(f"{enc.name} codes must be finite")
-        return enc.decode(arr, prior)
-    lo, hi = enc.code_range
-    if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
-        raise PayloadError(f"{enc.name} codes must be integers in {lo}..{hi}")
-    if (arr < lo).any() or (arr > hi).any():
-        raise PayloadError(f"{enc.name} codes must lie in {lo}..{hi}")
-    return enc.decode(arr.astype(enc.dtype), prior)
-
-
-# ---------------------------------------------------------------------------------------------
-# Images out
-# ---------------------------------------------------------------------------------------------
-
-
-def images_to_png(x: np.ndarray, value_range: Sequence[float] | None = (0.0, 1.0)) -> list[bytes]:
-    """``(B, C, H, W)`` model-space images (C = 1 or 3) -> PNG files (bytes).
-
-    Values are mapped from ``value_range`` to 0..255 (the inverse of how :func:`decode_inputs`
-    reads pixels), clipped, and rounded; NaN becomes 0.
-    """
-    arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim != 4 or arr.shape[1] not in _PIL_MODES:
-        raise ValueError(f"expected (B, C, H, W) with C = 1 or 3, got {list(arr.shape)}")
-    from PIL import Image
-
-    lo, hi = (value_range or (0.0, 1.0))[:2]
-    unit = np.nan_to_num((arr - lo) / (hi - lo), nan=0.0)
-    pixels = np.clip(np.rint(unit * 255.0), 0, 255).astype(np.uint8)
-    mode = _PIL_MODES[arr.shape[1]]
-    out = []
-    for img in pixels:
-        buf = io.BytesIO()
-        plane = img[0] if mode == "L" else img.transpose(1, 2, 0)
-        # uint8 (H, W) -> L, (H, W, 3) -> RGB (Pillow 13 infers the mode; the argument is gone)
-        Image.fromarray(np.ascontiguousarray(plane)).save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out
-
-
-def images_to_png_b64(x: np.ndarray, value_range: Sequence[float] | None = (0.0, 1.0)) -> list[str]:
-    """:func:`images_to_png` as base64 strings (the JSON form)."""
-    return [base64.b64encode(png).decode("ascii") for png in images_to_png(x, value_range)]

@@ -15,14 +15,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from training.data.base import LOAD_ARG_NAMES, SPLITS, Dataset, LoadSpec
-from training.data.digits import load_digits_dataset
-from training.data.errors import DataError
-from training.data.fashion_mnist import load_fashion_mnist
-from training.data.files import SUFFIX_LOADERS, load_path
-from training.data.images import IMAGE_SUFFIXES
-from training.data.normalization import Normalization
-from training.data.shapes import ShapesDataset
+from sculptserve.training.data.base import LOAD_ARG_NAMES, SPLITS, Dataset, LoadSpec
+from sculptserve.training.data.digits import load_digits_dataset
+from sculptserve.training.data.errors import DataError
+from sculptserve.training.data.fashion_mnist import load_fashion_mnist
+from sculptserve.training.data.files import SUFFIX_LOADERS, load_path
+from sculptserve.training.data.images import IMAGE_SUFFIXES
+from sculptserve.training.data.normalization import Normalization
+from sculptserve.training.data.shapes import ShapesDataset
 
 __all__ = [
     "DATASETS",

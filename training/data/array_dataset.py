@@ -8,9 +8,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from training.data.base import Dataset, LoadSpec, Modality, check_factors, check_indices, split_rows
-from training.data.errors import DataError
-from training.data.normalization import Normalization, fit_standardization
+from sculptserve.training.data.base import (
+    Dataset,
+    LoadSpec,
+    Modality,
+    check_factors,
+    check_indices,
+    split_rows,
+)
+from sculptserve.training.data.errors import DataError
+from sculptserve.training.data.normalization import Normalization, fit_standardization
 
 
 class ArrayDataset(Dataset):

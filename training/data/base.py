@@ -1,7 +1,7 @@
 """The parts every dataset shares: the error type, the load arguments, the seeded split and the
 ``Dataset`` interface.
 
-Everything in ``training.data`` is numpy-only and never imports torch: the serving side
+Everything in ``sculptserve.training.data`` is numpy-only and never imports torch: the serving side
 (``sculpt embed``, ``sculpt eval``) reuses these datasets without torch, and the trainer wraps
 them itself.
 """
@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from training.data.errors import DataError
-from training.data.normalization import Normalization
+from sculptserve.training.data.errors import DataError
+from sculptserve.training.data.normalization import Normalization
 
 __all__ = [
     "LOAD_ARG_NAMES",

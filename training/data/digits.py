@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.data.array_dataset import ArrayDataset, image_dataset
-from training.data.base import LoadSpec
-from training.data.errors import DataError
+from sculptserve.training.data.array_dataset import ArrayDataset, image_dataset
+from sculptserve.training.data.base import LoadSpec
+from sculptserve.training.data.errors import DataError
 
 
 def load_digits_dataset(spec: LoadSpec) -> ArrayDataset:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.array_dataset import ArrayDataset, image_dataset
-from training.data.base import LoadSpec
-from training.data.errors import DataError
+from sculptserve.training.data.array_dataset import ArrayDataset, image_dataset
+from sculptserve.training.data.base import LoadSpec
+from sculptserve.training.data.errors import DataError
 
 DEFAULT_PATH = "/usr/share/datasets/fashion-mnist"
 FILES = {

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.array_dataset import image_dataset, tabular_dataset
-from training.data.base import Dataset, LoadSpec
-from training.data.errors import DataError
-from training.data.fashion_mnist import is_idx_folder, load_fashion_mnist
-from training.data.images import IMAGE_SUFFIXES, load_image_folder
-from training.data.tabular import load_csv, load_parquet
+from sculptserve.training.data.array_dataset import image_dataset, tabular_dataset
+from sculptserve.training.data.base import Dataset, LoadSpec
+from sculptserve.training.data.errors import DataError
+from sculptserve.training.data.fashion_mnist import is_idx_folder, load_fashion_mnist
+from sculptserve.training.data.images import IMAGE_SUFFIXES, load_image_folder
+from sculptserve.training.data.tabular import load_csv, load_parquet
 
 CHUNK_ROWS = 65_536  # rows checked at a time, so a memory-mapped array is never read whole
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.array_dataset import ArrayDataset, image_dataset
-from training.data.base import LoadSpec
-from training.data.errors import DataError
+from sculptserve.training.data.array_dataset import ArrayDataset, image_dataset
+from sculptserve.training.data.base import LoadSpec
+from sculptserve.training.data.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_DECODED_BYTES = 4 * 2**30

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from training.data.errors import DataError
+from sculptserve.training.data.errors import DataError
 
 CHUNK_ROWS = 65_536  # bounds the float64 working copy when fitting on large (memory-mapped) arrays
 

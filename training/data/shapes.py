@@ -26,9 +26,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from training.data.base import Dataset, LoadSpec, check_indices, split_rows
-from training.data.errors import DataError
-from training.data.normalization import Normalization
+from sculptserve.training.data.base import Dataset, LoadSpec, check_indices, split_rows
+from sculptserve.training.data.errors import DataError
+from sculptserve.training.data.normalization import Normalization
 
 FACTOR_NAMES = ["shape", "scale", "orientation", "posX", "posY"]
 FACTOR_SIZES = [3, 6, 40, 32, 32]

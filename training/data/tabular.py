@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from training.data.array_dataset import ArrayDataset, tabular_dataset
-from training.data.base import LoadSpec
-from training.data.errors import DataError
+from sculptserve.training.data.array_dataset import ArrayDataset, tabular_dataset
+from sculptserve.training.data.base import LoadSpec
+from sculptserve.training.data.errors import DataError
 
 
 def _pyarrow(path: Path) -> Any:

@@ -5,16 +5,16 @@ BentoML's new service API has no gRPC, so this is a plain ``grpc.aio`` server ru
 monitor and metrics. Besides `sculpt.v1.Sculpt` it serves ``grpc.health.v1.Health`` and server
 reflection, both open without the API key (probes and grpcurl need no secret).
 
-The app returns arrays (:class:`~sculptserve.serving.core.EmbedResult` & co.); this module puts them
-into ``Tensor`` messages (and PNG files into ``bytes``) without a detour through lists.
+The app returns arrays (:class:`~sculptserve.serving.core.EmbedResult` & co.); this module puts
+them into ``Tensor`` messages (and PNG files into ``bytes``) without a detour through lists.
 
-Lifecycle (one for the standalone server and the in-worker :class:`~sculptserve.serving.launcher.
-GrpcThread`): :func:`start_server` starts the server and a task that keeps
-``grpc.health.v1`` in step with :meth:`EmbeddingApp.ready` (the check REST's /readyz uses:
-NOT_SERVING while it would fail, SERVING while it passes; a ``Check`` also refreshes it);
-:func:`stop_server` first flips health to NOT_SERVING for good
-(``enter_graceful_shutdown``), so balancers stop sending, then stops accepting calls and
-gives the in-flight ones a grace period to finish.
+Lifecycle (one for the standalone server and the in-worker
+:class:`~sculptserve.serving.grpc.thread.GrpcThread`): :func:`start_server` starts the server and a
+task that keeps ``grpc.health.v1`` in step with :meth:`EmbeddingApp.ready` (the check REST's /readyz
+uses: NOT_SERVING while it would fail, SERVING while it passes; a ``Check`` also refreshes it);
+:func:`stop_server` first flips health to NOT_SERVING for good (``enter_graceful_shutdown``), so
+balancers stop sending, then stops accepting calls and gives the in-flight ones a grace period to
+finish.
 
 Errors: a :class:`~sculptserve.serving.errors.PayloadError` is ``INVALID_ARGUMENT`` with its
 message; a message over ``ServiceLimits.max_body_bytes`` is ``RESOURCE_EXHAUSTED`` (gRPC's own

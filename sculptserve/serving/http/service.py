@@ -77,8 +77,8 @@ from starlette.routing import Route
 
 from sculptserve.serving.core import EmbeddingApp, EmbedResult, GenerateResult, ReconstructResult
 from sculptserve.serving.errors import PayloadError
+from sculptserve.serving.grpc.thread import GrpcThread
 from sculptserve.serving.http.guard import HttpGuard
-from sculptserve.serving.launcher import GrpcThread
 from sculptserve.serving.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)

@@ -10,16 +10,18 @@ import pytest
 from PIL import Image
 
 from sculptserve.bundle.schema import InputSpec
-from sculptserve.serving.inputs import (
+from sculptserve.serving.encodings import (
     ENCODINGS,
-    PayloadError,
-    accepted_layouts,
-    check_model_input,
     decode_embeddings,
-    decode_inputs,
     encode_embeddings,
     get_encoding,
     images_to_png_b64,
+)
+from sculptserve.serving.errors import PayloadError
+from sculptserve.serving.inputs import (
+    accepted_layouts,
+    check_model_input,
+    decode_inputs,
     parse_fixed_dims,
 )
 from sculptserve.stats.priors import prior_from_dict
