@@ -19,7 +19,8 @@ Trains every model of the comparison with ``sculptserve.training.trainer.train``
 
 Runs go to ``--out`` (default ``study-runs/SIZE``); a finished run (its eval.json) is reused, so
 an interrupted study resumes. Raw records go to benchmarks/study-SIZE.json; `--render-only`
-rewrites STUDY.md from them, with the hand-written benchmarks/study-reading.md if present.
+rewrites STUDY.md from them, with the hand-written benchmarks/study-reading-SIZE.md if present
+and the objective study's prior cells (benchmarks/objective_study.json) for the axes section.
 """
 
 from __future__ import annotations
@@ -335,10 +336,24 @@ def run_all(
     return [records[e.name] for e in plan]
 
 
-def read_reading(md: Path) -> str | None:
-    """The hand-written reading of the results (study-reading.md beside STUDY.md), if any."""
-    path = md.with_name("study-reading.md")
+def read_axes(md: Path) -> list[dict[str, Any]] | None:
+    """The objective study's prior cells (benchmarks/objective_study.json), if present."""
+    path = md.with_name("objective_study.json")
+    if not path.exists():
+        return None
+    return [r for r in json.loads(path.read_text()) if r["group"] == "prior"]
+
+
+def read_reading(md: Path, size: str) -> str | None:
+    """The hand-written reading of a size's results (study-reading-SIZE.md beside STUDY.md)."""
+    path = md.with_name(f"study-reading-{size}.md")
     return path.read_text() if path.exists() else None
+
+
+def write_report(md: Path, records: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """STUDY.md from the records, with its size's reading and the axes section's records."""
+    size = meta["size"]["name"]
+    md.write_text(render_study(records, meta, read_reading(md, size), read_axes(md)))
 
 
 def main() -> None:
@@ -359,7 +374,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.render_only:
         saved = json.loads(args.md.with_name(f"study-{args.size}.json").read_text())
-        args.md.write_text(render_study(saved["records"], saved["meta"], read_reading(args.md)))
+        write_report(args.md, saved["records"], saved["meta"])
         print(f"rewrote {args.md}")
         return
 
@@ -388,7 +403,7 @@ def main() -> None:
     }  # fmt: skip
     raw = args.md.with_name(f"study-{size.name}.json")
     raw.write_text(json.dumps({"meta": meta, "records": records}, indent=1) + "\n")
-    args.md.write_text(render_study(records, meta, read_reading(args.md)))
+    write_report(args.md, records, meta)
     print(f"{len(records)} models in {wall / 60:.1f} min; wrote {args.md} and {raw}")
 
 

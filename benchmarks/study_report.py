@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,10 +28,30 @@ SUPERVISED_COLUMNS = (
     ("SAP", "sap"),
     ("FactorVAE", "factorvae_score"),
 )
-# The paper's headline, as issue 4 states it.
-GOAL_MMD_LPS = 0.1
-GOAL_BETA_VAE_LPS = 0.3
-GOAL_NMSE_GAP_DB = 1.0
+
+
+@dataclass(frozen=True)
+class Goal:
+    """The headline's bar: mmd latents this independent, beta-vae's this dependent, and the
+    reconstruction this close to a plain ae trained alike."""
+
+    mmd_lps_lgbm: float
+    beta_vae_lps_lgbm: float
+    nmse_gap_db: float
+    mmd_lps_mlp: float | None = None
+    source: str = ""
+
+
+# The quick size's bar is issue 4's (the paper's headline, loosened for 500 steps); the standard
+# and full sizes are judged against issue 11's (the paper's own numbers: LPS-lgbm 0.04).
+GOALS = {
+    "quick": Goal(0.1, 0.3, 1.0, source="issue 4"),
+    "standard": Goal(0.05, 0.3, 0.5, mmd_lps_mlp=0.05, source="issue 11"),
+    "full": Goal(0.05, 0.3, 0.5, mmd_lps_mlp=0.05, source="issue 11"),
+}
+MMD_METHODS = ("mmd-rbf", "mmd-imq", "mmd-imq-indep")
+# Does a model's latent axis line up with a generative factor (without labels)?
+AXIS_COLUMNS = (("MIG", "mig"), ("DCI-D", "dci_disentanglement"), ("SAP", "sap"))
 
 
 def values(records: Iterable[dict[str, Any]], key: str) -> list[float]:
@@ -95,8 +116,16 @@ def rank_correlations(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def headline(main: list[dict[str, Any]]) -> list[str]:
-    """The goal check: mmd LPS-lgbm <= 0.1 and beta-vae >= 0.3, NMSE within 1 dB of ae."""
+def goal_text(goal: Goal) -> str:
+    mlp = f", LPS-mlp <= {goal.mmd_lps_mlp}" if goal.mmd_lps_mlp is not None else ""
+    return (
+        f"{goal.source} goal: mmd LPS-lgbm <= {goal.mmd_lps_lgbm}{mlp}, beta-vae >= "
+        f"{goal.beta_vae_lps_lgbm}, NMSE within {goal.nmse_gap_db} dB of ae"
+    )
+
+
+def headline(main: list[dict[str, Any]], goal: Goal = GOALS["quick"]) -> list[str]:
+    """The goal check, for every mmd variant the study trained."""
     lines = []
     for dataset in sorted({r["dataset"] for r in main}):
         groups = by_method(r for r in main if r["dataset"] == dataset)
@@ -107,17 +136,24 @@ def headline(main: list[dict[str, Any]]) -> list[str]:
 
         beta = mean("beta-vae", "lps_lgbm")
         ae_nmse = mean("ae", "nmse_db")
-        for method in ("mmd-rbf", "mmd-imq"):
+        for method in (m for m in MMD_METHODS if m in groups):
             lps, nmse = mean(method, "lps_lgbm"), mean(method, "nmse_db")
-            ok_lps = lps <= GOAL_MMD_LPS
-            ok_beta = beta >= GOAL_BETA_VAE_LPS
-            ok_nmse = abs(nmse - ae_nmse) <= GOAL_NMSE_GAP_DB
-            verdict = "met" if ok_lps and ok_beta and ok_nmse else "not met"
+            checks = [
+                lps <= goal.mmd_lps_lgbm,
+                beta >= goal.beta_vae_lps_lgbm,
+                abs(nmse - ae_nmse) <= goal.nmse_gap_db,
+            ]
+            mlp_text = ""
+            if goal.mmd_lps_mlp is not None:
+                mlp = mean(method, "lps_mlp")
+                checks.append(mlp <= goal.mmd_lps_mlp)
+                mlp_text = f", LPS-mlp {mlp:.3f} ({'<=' if checks[-1] else '>'} {goal.mmd_lps_mlp})"
+            verdict = "met" if all(checks) else "not met"
             lines.append(
-                f"- {dataset}, {method}: LPS-lgbm {lps:.3f} ({'<=' if ok_lps else '>'} "
-                f"{GOAL_MMD_LPS}), beta-vae {beta:.3f} ({'>=' if ok_beta else '<'} "
-                f"{GOAL_BETA_VAE_LPS}), NMSE {nmse:.2f} dB vs ae {ae_nmse:.2f} dB "
-                f"(gap {abs(nmse - ae_nmse):.2f} dB): goal **{verdict}**"
+                f"- {dataset}, {method}: LPS-lgbm {lps:.3f} ({'<=' if checks[0] else '>'} "
+                f"{goal.mmd_lps_lgbm}){mlp_text}, beta-vae {beta:.3f} "
+                f"({'>=' if checks[1] else '<'} {goal.beta_vae_lps_lgbm}), NMSE {nmse:.2f} dB "
+                f"vs ae {ae_nmse:.2f} dB (gap {abs(nmse - ae_nmse):.2f} dB): goal **{verdict}**"
             )
     return lines
 
@@ -145,11 +181,35 @@ def prior_table(records: list[dict[str, Any]]) -> list[str]:
                 mean_std(values([r], "mmd2")),
                 mean_std(values([r], "nmse_db")),
                 mean_std(values([r], "lps_lgbm")),
+                *(mean_std(values([r], key)) for _, key in AXIS_COLUMNS),
             ]
         )
     header = ["target", "kernel", "KS to target, per dim", "KS to moment-matched gaussian"]
     header += ["non-gaussian dims closer to target", "MMD^2", "NMSE dB", "LPS-lgbm"]
+    header += [title for title, _ in AXIS_COLUMNS]
     return table(header, rows)
+
+
+def axes_table(records: list[dict[str, Any]]) -> list[str]:
+    """Supervised axis-alignment scores of mmd models trained without labels, per prior.
+
+    ``records`` are benchmarks/objective_study.json's prior cells (label "PRIOR / OBJECTIVE",
+    scores under ``eval``), at their last checkpoint."""
+    by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        if r["step"] == max(r["checkpoints"]):
+            by_label[r["label"]].append(r)
+    columns = (
+        *AXIS_COLUMNS,
+        ("KS max", "ks_max"),
+        ("LPS-lgbm", "lps_lgbm"),
+        ("NMSE dB", "nmse_db"),
+    )
+    rows = [
+        [*label.split(" / "), str(len(rs)), *(mean_std(values(rs, key)) for _, key in columns)]
+        for label, rs in by_label.items()
+    ]
+    return table(["prior", "objective", "seeds", *(t for t, _ in columns)], rows)
 
 
 def alignment_table(aligned: list[dict[str, Any]], plain: list[dict[str, Any]]) -> list[str]:
@@ -186,15 +246,20 @@ def copy_lines(copy: dict[str, Any], source: dict[str, Any] | None) -> list[str]
 
 
 def render_study(
-    all_records: list[dict[str, Any]], meta: dict[str, Any], reading: str | None = None
+    all_records: list[dict[str, Any]],
+    meta: dict[str, Any],
+    reading: str | None = None,
+    axes: list[dict[str, Any]] | None = None,
 ) -> str:
-    """The whole STUDY.md; ``reading`` (hand-written interpretation) goes after the headline."""
+    """The whole STUDY.md; ``reading`` (hand-written interpretation) goes after the headline;
+    ``axes``: benchmarks/objective_study.json's prior cells, for the axis-alignment section."""
     failed = [r for r in all_records if "error" in r]
     records = [r for r in all_records if "error" not in r]
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         groups[r["group"]].append(r)
     main = groups["main"]
+    goal = GOALS[meta["size"]["name"]]
     out = [
         "# Reproduction study: does sculpting the prior deliver independence?",
         "",
@@ -211,9 +276,9 @@ def render_study(
         )
         + f". Eval: {meta['size']['eval']}.",
         "",
-        "## Headline (issue goal: mmd LPS-lgbm <= 0.1, beta-vae >= 0.3, NMSE within 1 dB of ae)",
+        f"## Headline ({goal_text(goal)})",
         "",
-        *headline(main),
+        *headline(main, goal),
     ]
     if reading:
         out += ["", reading.strip()]
@@ -243,6 +308,20 @@ def render_study(
             "## Prior study (shapes, mmd): KS distance of each latent dim to its target marginal",
             "",
             *prior_table(groups["prior"]),
+        ]
+    if axes:
+        out += [
+            "",
+            "## Axes without labels: do non-gaussian priors choose the axes?",
+            "",
+            "An isotropic gaussian prior is rotation-invariant, so MMD to it cannot prefer any "
+            "axes; a factorized non-gaussian prior is not (the argument behind ICA). mmd-imq "
+            "models trained without labels under unit-variance gaussian, laplace and uniform "
+            "priors, with the paper's objective and with the independence term "
+            "(benchmarks/objective_study.py, the standard budget; records in "
+            "benchmarks/objective_study.json):",
+            "",
+            *axes_table(axes),
         ]
     if groups["align"]:
         plain = [r for r in main if r["dataset"] == "shapes" and r["method"] == "mmd-rbf"]

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from study import COPY_SOURCE, METHODS, PRIORS, SIZES, experiments, train_config
-from study_report import headline, mean_std, rank_correlations, render_study
+from study_report import GOALS, axes_table, headline, mean_std, rank_correlations, render_study
 
 
 @pytest.mark.parametrize("size_name", sorted(SIZES))
@@ -69,6 +69,33 @@ def test_headline_states_whether_the_goal_is_met():
     assert len(lines) == 2
     assert "mmd-rbf: LPS-lgbm 0.050 (<= 0.1)" in lines[0] and "**met**" in lines[0]
     assert "mmd-imq: LPS-lgbm 0.200 (> 0.1)" in lines[1] and "**not met**" in lines[1]
+
+
+def test_headline_at_the_standard_size_checks_lps_mlp_and_every_mmd_variant():
+    main = [
+        record("a", "main", "shapes", "mmd-imq", 0, lps_lgbm=0.04, lps_mlp=0.01, nmse_db=-15.0),
+        record("b", "main", "shapes", "mmd-imq-indep", 0, lps_lgbm=0.04, lps_mlp=0.2,
+               nmse_db=-15.0),
+        record("c", "main", "shapes", "beta-vae", 0, lps_lgbm=0.5, nmse_db=-8.0),
+        record("d", "main", "shapes", "ae", 0, lps_lgbm=0.4, nmse_db=-15.6),
+    ]  # fmt: skip
+    lines = headline(main, GOALS["standard"])
+    assert len(lines) == 2
+    assert "mmd-imq: LPS-lgbm 0.040 (<= 0.05), LPS-mlp 0.010 (<= 0.05)" in lines[0]
+    assert "(gap 0.60 dB): goal **not met**" in lines[0]  # 0.6 dB > 0.5 dB
+    assert "mmd-imq-indep: LPS-lgbm 0.040 (<= 0.05), LPS-mlp 0.200 (> 0.05)" in lines[1]
+
+
+def test_axes_table_takes_each_cells_last_checkpoint():
+    def cell(label, seed, step, mig):
+        return {"label": label, "seed": seed, "step": step, "checkpoints": [800, 1600],
+                "eval": {"mig": mig, "dci_disentanglement": 0.1, "sap": 0.0, "ks_max": 0.03,
+                         "lps_lgbm": 0.2, "nmse_db": -7.0}}  # fmt: skip
+
+    records = [cell("laplace / paper", 0, 800, 0.9), cell("laplace / paper", 0, 1600, 0.1),
+               cell("laplace / paper", 1, 1600, 0.3)]  # fmt: skip
+    (row,) = [line for line in axes_table(records) if line.startswith("| laplace |")]
+    assert row.startswith("| laplace | paper | 2 | 0.200 ± 0.141 |")
 
 
 def test_mean_std_and_rank_correlation():
