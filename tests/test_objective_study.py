@@ -82,6 +82,13 @@ def test_adoption_rule_wants_lower_lps_within_half_a_db():
     assert "-0.050 / +0.30 dB: adopt" in text
 
 
+def test_report_keeps_saved_scores_of_runs_no_longer_on_disk():
+    fresh = {"name": "objective/independence=2.0/s0", "step": 1600, "eval": {"lps_lgbm": 0.1}}
+    stale = {**fresh, "eval": {"lps_lgbm": 0.9}}
+    gone = {"name": "budget/mmd-imq/s0", "step": 1600, "eval": {"lps_lgbm": 0.2}}
+    assert objective_study.merged([fresh], [stale, gone]) == [fresh, gone]
+
+
 def test_cell_trains_in_segments_scores_each_checkpoint_once_and_resumes(tmp_path):
     options = {"width": 4, "batch_size": 16, "latent_dim": 2, "objective": "mmd"}
     cell = Cell("budget/tiny/s0", "budget", "tiny", 0, (2, 4), options)
