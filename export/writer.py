@@ -2,10 +2,13 @@
 
 Order of work, so that nothing half-done is ever left under the bundle's name:
 1. load the run (config, data description, weights) and encode held-out data with torch;
-2. in a temporary folder beside the target: export encoder and decoder to ONNX, check parity
-   with ONNX Runtime (real held-out inputs and batches 1, 2, 7, 64), write reference.npy,
-   calibrate the drift thresholds, write manifest.json with every file's sha256;
-3. re-load the temporary bundle through the serving-side loader (hashes, ONNX shapes);
+2. in a temporary folder beside the target (export/staging.py: it also removes the ones a
+   killed export left): export encoder and decoder to ONNX, check parity with ONNX Runtime
+   (real held-out inputs and batches 1, 2, 7, 64), write reference.npy, calibrate the drift
+   thresholds, write manifest.json with every file's sha256, and with a signing key
+   signature.json over the bundle digest (sculptserve.bundle.digest);
+3. re-load the temporary bundle through the serving-side loader (hashes, ONNX shapes, digest,
+   signature);
 4. rename the folder into place; optionally import it into the BentoML model store.
 Any failure before step 4 removes the temporary folder and leaves the target untouched.
 """
@@ -16,7 +19,6 @@ import datetime
 import json
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +26,11 @@ import numpy as np
 import torch
 
 from sculptserve import __version__
+from sculptserve.bundle.digest import load_private_key, manifest_digest, sign_digest
 from sculptserve.bundle.load import load_bundle, sha256_file
 from sculptserve.bundle.schema import (
     MANIFEST,
+    SIGNATURE,
     DriftCalibration,
     InputSpec,
     Manifest,
@@ -42,6 +46,7 @@ from sculptserve.export.onnx_export import (
     export_module,
     parity_check,
 )
+from sculptserve.export.staging import staging_folder
 from sculptserve.files import save_npy
 from sculptserve.stats.drift_windows import calibrate_drift
 from sculptserve.stats.priors import parse_prior
@@ -70,6 +75,7 @@ class ExportOptions:
     false_alarm_rate: float = 0.01
     n_resamples: int = 500
     seed: int = 0
+    signing_key: str | None = None  # ed25519 private key PEM: sign the bundle's digest
 
 
 def bundle_name(run_dir: Path, requested: str | None) -> str:
@@ -98,6 +104,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, options: ExportOptions)
         )
     if options.precision not in TOLERANCE:
         raise ExportInputError(f"--precision must be one of {', '.join(TOLERANCE)}")
+    # read now: a bad key file must fail before minutes of work, not after
+    signing_key = load_private_key(options.signing_key) if options.signing_key else None
     config = TrainConfig.from_dict(read_json(run / "config.json"))
     data_description = read_json(run / "data.json")
     summary = read_json(run / "summary.json")
@@ -124,9 +132,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, options: ExportOptions)
             f"windows of {options.window}; pass a smaller --window"
         )
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staging_folder(out) as tmp:
         graphs, parity = write_onnx(model, tmp, inputs, means, options)
         save_npy(tmp / "reference.npy", reference.astype(np.float32))
         drift = calibrate_drift(
@@ -156,11 +162,19 @@ def export_run(run_dir: str | Path, out_dir: str | Path, options: ExportOptions)
             drift=DriftCalibration(**drift.to_dict()),
             files={p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
         )
-        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
-        load_bundle(tmp)  # the serving-side checks, before the bundle gets its name
+        manifest_text = manifest.model_dump_json(indent=2) + "\n"
+        (tmp / MANIFEST).write_text(manifest_text)
+        digest = manifest_digest(json.loads(manifest_text))
+        if signing_key is not None:
+            signature = sign_digest(signing_key, digest)
+            (tmp / SIGNATURE).write_text(signature.model_dump_json(indent=2) + "\n")
+        # the serving-side checks, before the bundle gets its name
+        load_bundle(
+            tmp,
+            expect_digest=digest,
+            verify_key=signing_key.public_key() if signing_key is not None else None,
+        )
         tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -246,16 +260,25 @@ def bundle_version(encoder: Path) -> str:
 
 
 def import_to_bentoml(bundle_dir: Path) -> str:
-    """Copy a bundle into the BentoML model store as sculpt-NAME:VERSION; return the tag."""
+    """Copy a bundle into the BentoML model store as sculpt-NAME:VERSION; return the tag.
+
+    The bundle is verified first (ONNX graphs aside) and only its own files are copied; the
+    model's labels record its digest (``bundle_digest``, what SCULPT_BUNDLE_DIGEST pins) and,
+    if signed, the signing key's id (``bundle_key_id``).
+    """
     import bentoml
 
-    manifest = json.loads((bundle_dir / MANIFEST).read_text())
-    tag = f"sculpt-{manifest['name']}:{manifest['version']}"
+    bundle = load_bundle(bundle_dir, check_onnx=False)
+    manifest = bundle.manifest
+    labels = {"framework": "onnx", "project": "sculptserve", "bundle_digest": bundle.digest}
+    if bundle.signature is not None:
+        labels["bundle_key_id"] = bundle.signature.key_id
+    tag = f"sculpt-{manifest.name}:{manifest.version}"
     with bentoml.models.create(
         tag,
-        labels={"framework": "onnx", "project": "sculptserve"},
-        metadata={"latent_dim": manifest["latent_dim"], "objective": manifest["objective"]["name"]},
+        labels=labels,
+        metadata={"latent_dim": manifest.latent_dim, "objective": manifest.objective["name"]},
     ) as stored:
-        for item in bundle_dir.iterdir():
-            shutil.copy2(item, Path(stored.path) / item.name)
+        for name in bundle.contents():
+            shutil.copy2(bundle.path / name, Path(stored.path) / name)
     return tag

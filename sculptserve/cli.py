@@ -61,6 +61,29 @@ kernel_option = click.option(
     show_default=True,
     help="MMD kernel: multi-scale RBF (median heuristic) or IMQ.",
 )
+
+
+def _digest_param(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from sculptserve.bundle.digest import parse_digest
+
+    try:
+        return None if value is None else parse_digest(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+expect_digest_option = click.option(
+    "--expect-digest",
+    metavar="sha256:HEX",
+    callback=_digest_param,
+    help="Refuse the bundle unless its digest is this one (as `sculpt export` printed it).",
+)
+verify_key_option = click.option(
+    "--verify-key",
+    type=click.Path(exists=True, dir_okay=False),
+    help="ed25519 public key (PEM, from `sculpt keygen`): refuse the bundle unless its "
+    "signature.json verifies with it.",
+)
 permutations_option = click.option(
     "--permutations",
     type=click.IntRange(min=1),
@@ -327,6 +350,12 @@ def train_command(ctx: click.Context, resume: bool, **options: object) -> None:
 )
 @click.option("--false-alarm-rate", type=float, default=0.01, show_default=True)
 @click.option("--bentoml", "to_bentoml", is_flag=True, help="Also import into the model store.")
+@click.option(
+    "--signing-key",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Sign the bundle digest with this ed25519 private key (PEM, from `sculpt keygen`) "
+    "into signature.json; serving checks it with --verify-key.",
+)
 def export_command(
     run_dir: str,
     out: str,
@@ -337,13 +366,14 @@ def export_command(
     window: int,
     false_alarm_rate: float,
     to_bentoml: bool,
+    signing_key: str | None,
 ) -> None:
     """Export a finished run to a verified ONNX bundle in --out.
 
     Writes encoder.onnx, decoder.onnx, reference.npy (held-out embeddings) and manifest.json
     (input spec, prior, metrics, drift thresholds, sha256 of every file). ONNX Runtime must
     match torch (1e-4 for fp32) on held-out inputs and batches of 1, 2, 7 and 64, or nothing
-    is written.
+    is written. Prints the bundle digest: pin it with `sculpt serve --expect-digest`.
     """
     from sculptserve.export.onnx_export import ExportError
     from sculptserve.export.writer import ExportOptions, export_run, import_to_bentoml
@@ -355,12 +385,20 @@ def export_command(
         n_reference=reference_size,
         window=window,
         false_alarm_rate=false_alarm_rate,
+        signing_key=signing_key,
     )
     try:
         bundle = export_run(run_dir, out, options)
     except ExportError as exc:
         raise click.ClickException(str(exc)) from None
+    from sculptserve.bundle.load import bundle_digest
+
     click.echo(f"bundle written to {bundle}")
+    click.echo(f"bundle digest {bundle_digest(bundle)}")
+    if signing_key is not None:
+        from sculptserve.bundle.digest import key_id, load_private_key
+
+        click.echo(f"signed with key {key_id(load_private_key(signing_key))}")
     if to_bentoml:
         click.echo(f"imported into the BentoML model store as {import_to_bentoml(bundle)}")
 
@@ -537,14 +575,20 @@ def write_text(path: Path, text: str) -> None:
 @cli.command("inspect")
 @click.argument("bundle")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def inspect_command(bundle: str, as_json: bool) -> None:
+@expect_digest_option
+@verify_key_option
+def inspect_command(
+    bundle: str, as_json: bool, expect_digest: str | None, verify_key: str | None
+) -> None:
     """Verify BUNDLE (a folder or a BentoML tag sculpt-NAME[:VERSION]) and summarize it.
 
-    Checks the schema version, the sha256 of every file and the ONNX graphs' names and shapes.
+    Checks that the folder holds regular files only, the schema version, the sha256 of every
+    file and the ONNX graphs' names and shapes; with --expect-digest the bundle digest, with
+    --verify-key the signature. The summary's "digest" is what --expect-digest pins.
     """
     from sculptserve.bundle.load import load_bundle, summarize
 
-    summary = summarize(load_bundle(bundle))
+    summary = summarize(load_bundle(bundle, expect_digest=expect_digest, verify_key=verify_key))
     if as_json:
         print_json(summary)
         return
@@ -556,17 +600,56 @@ def inspect_command(bundle: str, as_json: bool) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=3000, show_default=True)
 @click.option("--grpc-port", type=click.IntRange(1, 65535), default=50051, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
-def serve_command(bundle: str, port: int, grpc_port: int, host: str) -> None:
+@expect_digest_option
+@verify_key_option
+def serve_command(
+    bundle: str,
+    port: int,
+    grpc_port: int,
+    host: str,
+    expect_digest: str | None,
+    verify_key: str | None,
+) -> None:
     """Serve BUNDLE (a folder or sculpt-NAME[:VERSION]) over REST and gRPC.
 
     REST on --port (/embed, /generate, /reconstruct, /info, /drift, /livez, /readyz, /metrics,
     /docs.json), gRPC sculpt.v1 on --grpc-port, one runtime and drift monitor for both.
     The service reads the SCULPT_* variables below (`python -m sculptserve.serving.settings` prints
     what the environment sets now; README.md's Serving section describes each).
+    --expect-digest and --verify-key set SCULPT_BUNDLE_DIGEST and SCULPT_BUNDLE_VERIFY_KEY.
     """
     from sculptserve.serving.launcher import run_serve
 
-    sys.exit(run_serve(bundle, port=port, grpc_port=grpc_port, host=host))
+    code = run_serve(
+        bundle,
+        port=port,
+        grpc_port=grpc_port,
+        host=host,
+        expect_digest=expect_digest,
+        verify_key=verify_key,
+    )
+    sys.exit(code)
+
+
+@cli.command("keygen")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Private key file to write (PEM, mode 0600); the public key goes beside it as "
+    "NAME.pub.pem.",
+)
+def keygen_command(out: str) -> None:
+    """Make an ed25519 key pair for signing bundles (`sculpt export --signing-key KEY.pem`)
+    and verifying them (`sculpt serve --verify-key KEY.pub.pem`). Keep the private key off
+    the serving machines."""
+    from sculptserve.bundle.digest import generate_key, key_id, write_keypair
+
+    private = Path(out)
+    public = private.with_name(private.name.removesuffix(".pem") + ".pub.pem")
+    key = generate_key()
+    write_keypair(key, private, public)
+    click.echo(f"private key {private}, public key {public}, key id {key_id(key)}")
 
 
 @cli.group("prior")

@@ -69,6 +69,7 @@ def _check_common(bento: Path, model_tag: str) -> None:
 
 def _check_no_torch(names: set[str]) -> None:
     assert {"numpy", "bentoml", "prometheus-client", "grpcio"} <= names, "not the serving set?"
+    assert "cryptography" in names, "serving verifies bundle signatures (sculptserve.bundle.digest)"
     torchy = sorted(n for n in names if n.startswith(("torch", "pytorch", "triton")))
     assert not torchy, f"the serving image must not install {torchy}"
 

@@ -17,6 +17,15 @@ import numpy as np
 import pytest
 from bundle_factory import make_bundle, toy_encode, toy_weights
 
+from sculptserve.bundle.digest import (
+    generate_key,
+    key_id,
+    load_private_key,
+    sign_digest,
+    write_keypair,
+)
+from sculptserve.bundle.load import bundle_digest
+from sculptserve.bundle.schema import SIGNATURE
 from sculptserve.serving.grpc import sculpt_pb2 as pb
 from sculptserve.serving.grpc import sculpt_pb2_grpc as rpc
 
@@ -29,7 +38,12 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    bundle = make_bundle(tmp_path_factory.mktemp("serve") / "bundle")
+    root = tmp_path_factory.mktemp("serve")
+    bundle = make_bundle(root / "bundle")
+    # signed and pinned, as in production: the workers must get both and check them
+    write_keypair(generate_key(), root / "key.pem", root / "key.pub.pem")
+    signature = sign_digest(load_private_key(root / "key.pem"), bundle_digest(bundle))
+    (bundle / SIGNATURE).write_text(signature.model_dump_json())
     port, grpc_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -48,6 +62,10 @@ def server(tmp_path_factory):
             str(port),
             "--grpc-port",
             str(grpc_port),
+            "--expect-digest",
+            bundle_digest(bundle),
+            "--verify-key",
+            str(root / "key.pub.pem"),
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -70,6 +88,16 @@ def server(tmp_path_factory):
     client.close()
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=60)
+
+
+def test_the_pin_and_the_verify_key_reach_the_workers(server):
+    """`sculpt serve --expect-digest --verify-key` pass both to the BentoML worker, which loads
+    the bundle through the same checks (the signature shows verified only with the key)."""
+    _, client, _ = server
+    info = client.info()
+    assert info["digest"] == bundle_digest(info["path"])
+    key = load_private_key(f"{info['path']}/../key.pem")
+    assert info["signature"] == {"key_id": key_id(key), "verified": True}
 
 
 def test_rest_and_grpc_share_one_app(server):

@@ -39,6 +39,8 @@ BEFORE = {
     "SCULPT_GRPC_HOST", "SCULPT_ORT_THREADS", "SCULPT_ORT_PROVIDERS", "SCULPT_MAX_BATCH",
     "SCULPT_ORT_SPINNING", "SCULPT_BATCH", "SCULPT_BATCH_MAX_SIZE", "SCULPT_BATCH_MAX_LATENCY_MS",
 }  # fmt: skip
+# Added since, by topic: bundle trust (issue 13).
+ADDED = {"SCULPT_BUNDLE_DIGEST", "SCULPT_BUNDLE_VERIFY_KEY"}
 
 
 def _modules() -> list[Path]:
@@ -67,10 +69,10 @@ def test_no_module_but_settings_reads_sculpt_variables() -> None:
 
 
 def test_every_variable_is_defined_once_and_listed() -> None:
-    assert len(VARIABLES) == len(set(VARIABLES)) == 16
+    assert len(VARIABLES) == len(set(VARIABLES)) == 18
     # every variable the service read before is still read: by its name or as a deprecated
     # alias of its new name
-    assert {RENAMED.get(name, name) for name in BEFORE} == set(VARIABLES)
+    assert {RENAMED.get(name, name) for name in BEFORE} | ADDED == set(VARIABLES)
     assert set(RENAMED.values()) <= set(VARIABLES) and not set(RENAMED) & set(VARIABLES)
     table = markdown_table()
     for var in VARIABLES:
@@ -123,10 +125,12 @@ def test_defaults_and_parsing() -> None:
     assert (s.microbatch, s.microbatch_max_rows, s.microbatch_max_wait_ms, s.drift) == (
         False, 64, 2.0, True,
     )  # fmt: skip
-    env = {"SCULPT_DRIFT": " Off ", "SCULPT_GRPC_PORT": "0", "SCULPT_API_KEY": "k", "SCULPT_X": "1"}
+    # a key no field name contains ("k" was one letter of bundle_verify_key)
+    key = "s3cret-Q9"
+    env = {"SCULPT_DRIFT": " Off ", "SCULPT_GRPC_PORT": "0", "SCULPT_API_KEY": key, "SCULPT_X": "1"}
     s = load_settings(env)
-    assert s.drift is False and s.grpc_port == 0 and s.api_key == "k"
-    assert "k" not in repr(s)  # the key never shows in logs
+    assert s.drift is False and s.grpc_port == 0 and s.api_key == key
+    assert key not in repr(s)  # the key never shows in logs
     # blank means unset; lower-case names are not ours
     assert (
         load_settings({"SCULPT_ORT_THREADS": "  ", "sculpt_ort_threads": "3"}).ort_threads is None

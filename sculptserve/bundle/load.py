@@ -1,7 +1,9 @@
 """Load and verify an exported bundle without torch.
 
 ``load_bundle`` is the one gate between a bundle on disk (or in the BentoML model store) and
-anything that serves it: it checks the manifest's schema version and fields, the sha256 of
+anything that serves it: it checks that the folder holds only regular files, the bundle digest
+against a pinned one and the signature against a verify key (when given; see
+:mod:`sculptserve.bundle.digest`), the manifest's schema version and fields, the sha256 of
 every file, the ONNX graphs' input/output names and shapes against the manifest, and the
 reference embeddings. Every problem is a :class:`BundleError` whose message names the file,
 says what is wrong and what to do. The schema itself lives in :mod:`sculptserve.bundle.schema`.
@@ -20,9 +22,26 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
-from sculptserve.bundle.schema import MANIFEST, SCHEMA_VERSION, Manifest, OnnxGraph
+from sculptserve.bundle.digest import (
+    TrustError,
+    check_signed_digest,
+    key_id,
+    load_public_key,
+    manifest_digest,
+    parse_digest,
+    verify_signature,
+)
+from sculptserve.bundle.schema import (
+    MANIFEST,
+    SCHEMA_VERSION,
+    SIGNATURE,
+    Manifest,
+    OnnxGraph,
+    SignatureFile,
+)
 from sculptserve.files import load_npy
 from sculptserve.stats.priors import Prior, PriorSpecError, prior_from_dict
 
@@ -30,6 +49,7 @@ __all__ = [
     "Bundle",
     "BundleError",
     "bentoml_tag_path",
+    "bundle_digest",
     "load_bundle",
     "sha256_file",
     "summarize",
@@ -59,10 +79,22 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 @dataclass(frozen=True)
 class Bundle:
     """A verified bundle folder and its manifest. Holds no ONNX sessions: the runtime makes
-    its own, with its configured threads and providers."""
+    its own, with its configured threads and providers.
+
+    ``digest`` is the bundle digest; ``signature`` its signature.json (None: unsigned), which
+    was checked against a verify key only when ``signature_verified``.
+    """
 
     path: Path
     manifest: Manifest
+    digest: str
+    signature: SignatureFile | None = None
+    signature_verified: bool = False
+
+    def contents(self) -> list[str]:
+        """The names that make up the bundle: manifest, signature (if any), listed files."""
+        signature = [SIGNATURE] if self.signature is not None else []
+        return [MANIFEST, *signature, *sorted(self.manifest.files)]
 
     def file(self, name: str) -> Path:
         """Path of one of the bundle's files (``manifest.json`` or a name listed in files)."""
@@ -104,15 +136,34 @@ class Bundle:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_bundle(source: str | os.PathLike[str], *, check_onnx: bool = True) -> Bundle:
+def load_bundle(
+    source: str | os.PathLike[str],
+    *,
+    check_onnx: bool = True,
+    expect_digest: str | None = None,
+    verify_key: Ed25519PublicKey | str | os.PathLike[str] | None = None,
+) -> Bundle:
     """Load a bundle folder or a BentoML tag (``sculpt-NAME[:VERSION]``) and verify it.
 
     ``check_onnx=False`` skips opening the graphs with ONNX Runtime (hashes, manifest and
     reference are still checked); use it when the caller validates its own sessions with
     :func:`validate_session`.
+
+    ``expect_digest`` (``sha256:HEX``) pins the bundle: any other digest is refused.
+    ``verify_key`` (an ed25519 public key or the path of its PEM file) requires a
+    signature.json that verifies with it. Without them any self-consistent bundle loads; a
+    signature.json present is still checked to sign this bundle's digest.
     """
     folder = _resolve_source(source)
-    manifest = _read_manifest(folder)
+    _check_entries(folder)
+    data = _read_manifest_json(folder)
+    digest = manifest_digest(data)
+    if expect_digest is not None:
+        _check_pinned(folder, digest, expect_digest)
+    signature = _read_signature(folder, digest)
+    if verify_key is not None:
+        _check_signature(folder, signature, digest, verify_key)
+    manifest = _validate_manifest(folder, data)
     _check_manifest(folder, manifest)
     problems = verify_files(folder, manifest)
     if problems:
@@ -122,7 +173,13 @@ def load_bundle(source: str | os.PathLike[str], *, check_onnx: bool = True) -> B
         for role in ("encoder", "decoder"):
             _check_onnx_file(folder, manifest, role)
     _check_graph_specs(folder, manifest)
-    bundle = Bundle(path=folder, manifest=manifest)
+    bundle = Bundle(
+        path=folder,
+        manifest=manifest,
+        digest=digest,
+        signature=signature,
+        signature_verified=verify_key is not None,
+    )
     bundle.reference()
     bundle.prior()  # fail now, not at the first /generate (also loads an empirical bank)
     return bundle
@@ -172,7 +229,86 @@ def bentoml_tag_path(tag: str) -> Path:
     return Path(model.path)
 
 
-def _read_manifest(folder: Path) -> Manifest:
+def bundle_digest(source: str | os.PathLike[str]) -> str:
+    """The digest of a bundle (folder or tag) from its manifest alone: it does not verify the
+    files (:func:`load_bundle` does, and its ``Bundle.digest`` is the same value)."""
+    folder = _resolve_source(source)
+    _check_entries(folder)
+    return manifest_digest(_read_manifest_json(folder))
+
+
+def _check_entries(folder: Path) -> None:
+    """Only regular files: a symbolic link could point outside the bundle (the hashes would
+    then vouch for a file someone else controls), and nothing else belongs in one."""
+    problems = []
+    with os.scandir(folder) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.is_symlink():
+                target = os.readlink(entry.path)
+                problems.append(f"{entry.name} is a symbolic link (to {target})")
+            elif entry.is_dir(follow_symlinks=False):
+                problems.append(f"{entry.name} is a folder")
+            elif not entry.is_file(follow_symlinks=False):
+                problems.append(f"{entry.name} is not a regular file (a device, FIFO or socket)")
+    if problems:
+        raise BundleError(
+            f"bundle {folder} may hold regular files only: {'; '.join(problems)}; copy the "
+            f"real files in, or {_REEXPORT}"
+        )
+
+
+def _check_pinned(folder: Path, digest: str, expected: str) -> None:
+    try:
+        expected = parse_digest(expected)
+    except ValueError as exc:
+        raise BundleError(f"the expected bundle digest {exc}") from None
+    if digest != expected:
+        raise BundleError(
+            f"bundle digest mismatch: expected {expected}, got {digest} ({folder}): this is "
+            "not the pinned bundle, or it was modified; serve the bundle that digest names, or "
+            "pin this one after checking where it came from"
+        )
+
+
+def _read_signature(folder: Path, digest: str) -> SignatureFile | None:
+    """signature.json if the bundle has one; it must sign this bundle's digest."""
+    file = folder / SIGNATURE
+    if not file.exists():
+        return None
+    try:
+        signature = SignatureFile.model_validate_json(file.read_bytes())
+        check_signed_digest(signature, digest)
+    except ValidationError as exc:
+        raise BundleError(f"{file}: {_describe(exc)}; re-sign the bundle") from None
+    except TrustError as exc:
+        raise BundleError(f"{exc} ({folder}); {_REEXPORT}") from None
+    return signature
+
+
+def _check_signature(
+    folder: Path,
+    signature: SignatureFile | None,
+    digest: str,
+    verify_key: Ed25519PublicKey | str | os.PathLike[str],
+) -> None:
+    key = verify_key
+    if not isinstance(key, Ed25519PublicKey):
+        try:
+            key = load_public_key(key)
+        except TrustError as exc:
+            raise BundleError(str(exc)) from None
+    if signature is None:
+        raise BundleError(
+            f"{folder} has no {SIGNATURE}, but a signature by the verify key {key_id(key)} is "
+            "required: serve a bundle exported with `sculpt export --signing-key`"
+        )
+    try:
+        verify_signature(signature, digest, key)
+    except TrustError as exc:
+        raise BundleError(f"{exc} ({folder})") from None
+
+
+def _read_manifest_json(folder: Path) -> dict[str, Any]:
     file = folder / MANIFEST
     if not file.is_file():
         raise BundleError(
@@ -186,6 +322,11 @@ def _read_manifest(folder: Path) -> Manifest:
         raise BundleError(f"{file}: not valid JSON ({reason}); {_REEXPORT}") from None
     if not isinstance(data, dict):
         raise BundleError(f"{file}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _validate_manifest(folder: Path, data: dict[str, Any]) -> Manifest:
+    file = folder / MANIFEST
     if "schema_version" not in data:
         raise BundleError(
             f"{file}: no schema_version: not a sculptserve bundle manifest, or a damaged one; "
@@ -221,9 +362,9 @@ def _describe(err: ValidationError) -> str:
 
 
 def _is_safe_name(name: str) -> bool:
-    """A relative path inside the bundle (a manifest must not point outside its folder)."""
-    pure = PurePosixPath(name)
-    return bool(name) and not pure.is_absolute() and ".." not in pure.parts and "\\" not in name
+    """A plain file name in the bundle folder (a manifest must not point outside its folder,
+    and a bundle has no sub-folders)."""
+    return PurePosixPath(name).name == name and name not in {".", ".."} and "\\" not in name
 
 
 def _bank_paths(spec: Any) -> Iterator[Any]:
@@ -272,7 +413,7 @@ def _check_manifest(folder: Path, m: Manifest) -> None:
     if m.reference.n < 1:
         fail(f"reference.n must be >= 1 (got {m.reference.n})")
     for name in m.files:
-        if not _is_safe_name(name) or name == MANIFEST:
+        if not _is_safe_name(name) or name in {MANIFEST, SIGNATURE}:
             fail(f"files lists {name!r}, which is not a file name inside the bundle")
     named = {
         "onnx.encoder.file": m.onnx.encoder.file,
@@ -284,7 +425,7 @@ def _check_manifest(folder: Path, m: Manifest) -> None:
             fail(f"{field} {name!r} is not listed in files, so its sha256 cannot be checked")
     for path in _bank_paths(m.prior):
         if not isinstance(path, str) or not _is_safe_name(path):
-            fail(f"the empirical prior's path {path!r} must be relative to the bundle folder")
+            fail(f"the empirical prior's path {path!r} must be a file name in the bundle folder")
         if PurePosixPath(path).as_posix() not in m.files:
             fail(f"the empirical prior's bank {path!r} is not listed in files")
 
@@ -507,4 +648,9 @@ def summarize(bundle: Bundle) -> dict[str, Any]:
         "reference": {"n": m.reference.n, "source": m.reference.source},
         "files": files,
         "verified": True,
+        # pin this with --expect-digest / SCULPT_BUNDLE_DIGEST (sculptserve.bundle.digest)
+        "digest": bundle.digest,
+        "signature": None
+        if bundle.signature is None
+        else {"key_id": bundle.signature.key_id, "verified": bundle.signature_verified},
     }

@@ -8,8 +8,11 @@ A bundle is a folder:
     decoder.onnx     latent (B, latent_dim) -> output (B, *input.shape) in model space
     reference.npy    (n, latent_dim) float32 encoder means of held-out data
     prior_bank.npy   only for an empirical prior: its sample bank
+    signature.json   only for a signed bundle: :class:`SignatureFile` (sculptserve.bundle.digest)
 
-Every file but manifest.json is listed in ``files`` with its sha256.
+Every file but manifest.json and signature.json is listed in ``files`` with its sha256. A bundle
+folder holds regular files only (no links, no sub-folders); other regular files are ignored
+(the BentoML model store adds its model.yaml).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+SIGNATURE = "signature.json"
 
 
 class _Strict(BaseModel):
@@ -114,3 +118,12 @@ class Manifest(_Strict):
     reference: ReferenceSpec
     drift: DriftCalibration
     files: dict[str, str] = Field(description="file name -> sha256 hex, every file but this one")
+
+
+class SignatureFile(_Strict):
+    """signature.json: who vouches for the bundle's digest (see sculptserve.bundle.digest)."""
+
+    algorithm: Literal["ed25519"]
+    digest: str = Field(description="the bundle digest signed, sha256:<hex>")
+    key_id: str = Field(description="ed25519:<16 hex> of the signing key's public key")
+    signature: str = Field(description="base64 of the 64-byte ed25519 signature")

@@ -170,8 +170,9 @@ class EmbeddingApp:
     def from_settings(
         cls, settings: Settings, source: str | None = None, **kwargs: Any
     ) -> EmbeddingApp:
-        """Load and verify ``source`` (default: ``settings.bundle``) and configure the app
-        (runtime, limits, micro-batcher, drift monitor on/off) from ``settings``."""
+        """Load and verify ``source`` (default: ``settings.bundle``; against the pinned digest
+        and verify key, where set) and configure the app (runtime, limits, micro-batcher,
+        drift monitor on/off) from ``settings``."""
         source = source or settings.bundle
         if not source:
             raise ValueError(
@@ -182,7 +183,10 @@ class EmbeddingApp:
         kwargs.setdefault("limits", settings.limits())
         kwargs.setdefault("batch_config", settings.batch_config())
         kwargs.setdefault("drift_enabled", settings.drift)
-        return cls(load_bundle(source), **kwargs)
+        bundle = load_bundle(
+            source, expect_digest=settings.bundle_digest, verify_key=settings.verify_key()
+        )
+        return cls(bundle, **kwargs)
 
     def ready(self) -> bool:
         """Whether the app can serve: the bundle is verified (it is, once constructed), and the

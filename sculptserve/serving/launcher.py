@@ -57,20 +57,43 @@ def bentoml_serve_command(port: int, host: str) -> list[str]:
 
 
 def run_serve(
-    bundle: str, *, port: int = 3000, grpc_port: int = 50051, host: str = "127.0.0.1"
+    bundle: str,
+    *,
+    port: int = 3000,
+    grpc_port: int = 50051,
+    host: str = "127.0.0.1",
+    expect_digest: str | None = None,
+    verify_key: str | None = None,
 ) -> int:
-    """Verify ``bundle``, then run the BentoML server (HTTP + gRPC) until interrupted."""
+    """Verify ``bundle``, then run the BentoML server (HTTP + gRPC) until interrupted.
+
+    ``expect_digest`` / ``verify_key`` (``--expect-digest`` / ``--verify-key``) override
+    SCULPT_BUNDLE_DIGEST / SCULPT_BUNDLE_VERIFY_KEY; the workers check the same again.
+    """
     from sculptserve.bundle.load import load_bundle
 
-    manifest = load_bundle(bundle).manifest  # fail fast, one readable line, before starting
-    settings = load_settings()  # an invalid SCULPT_* value fails here, in one line
+    trust = {"bundle_digest": expect_digest, "bundle_verify_key": verify_key}
+    # an invalid SCULPT_* value fails here, in one line
+    settings = load_settings(**{k: v for k, v in trust.items() if v is not None})
+    # fail fast, one readable line, before starting
+    loaded = load_bundle(
+        bundle, expect_digest=settings.bundle_digest, verify_key=settings.verify_key()
+    )
+    manifest = loaded.manifest
     env = {
         **os.environ,
-        **settings.child_env(bundle=bundle, grpc_port=grpc_port, grpc_host=host),
+        **settings.child_env(
+            bundle=bundle,
+            grpc_port=grpc_port,
+            grpc_host=host,
+            bundle_digest=settings.bundle_digest,
+            bundle_verify_key=settings.bundle_verify_key,
+        ),
     }
     command = bentoml_serve_command(port, host)
     print(
-        f"serving {manifest.name}:{manifest.version} — HTTP {host}:{port}, gRPC {host}:{grpc_port}"
+        f"serving {manifest.name}:{manifest.version} ({loaded.digest}) — HTTP {host}:{port}, "
+        f"gRPC {host}:{grpc_port}"
     )
     print(example_calls(port, grpc_port, manifest.input.modality, manifest.input.shape))
     child = subprocess.Popen(command, env=env)

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, PrivateAttr, ValidationError
+from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -33,7 +33,11 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from sculptserve.bundle.digest import TrustError, load_public_key, parse_digest
+
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from sculptserve.serving.batching import BatchConfig
     from sculptserve.serving.core import ServiceLimits
     from sculptserve.serving.runtime import RuntimeConfig
@@ -185,9 +189,27 @@ class Settings(BaseSettings):
         description="`off` disables the drift monitor (/drift answers `disabled`; benchmarks "
         "measure its cost).",
     )
+    # -- bundle trust (issue 13): pin the bundle's digest, require its signature --------------
+    bundle_digest: str | None = Field(
+        None,
+        description="Pin the bundle: its digest, `sha256:HEX` as `sculpt export` and `sculpt "
+        "inspect` print it (`sculpt serve --expect-digest`); any other bundle is refused at "
+        "start. Unset: any self-consistent bundle is served.",
+    )
+    bundle_verify_key: str | None = Field(
+        None,
+        description="Path of an ed25519 public key (PEM, `sculpt keygen`); the bundle must carry "
+        "a signature.json by its private key (`sculpt export --signing-key`) or is refused at "
+        "start (`sculpt serve --verify-key`). Unset: signatures are not required.",
+    )
 
     # which variable supplied each field read from the environment (an old name, if so)
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @field_validator("bundle_digest")
+    @classmethod
+    def _normal_digest(cls, value: str | None) -> str | None:
+        return None if value is None else parse_digest(value)
 
     @classmethod
     def settings_customise_sources(
@@ -233,6 +255,16 @@ class Settings(BaseSettings):
             max_batch=self.ort_max_rows,
             spinning=self.ort_spinning,
         )
+
+    def verify_key(self) -> Ed25519PublicKey | None:
+        """The bundle verify key read from its file (None when unset); an unreadable or wrong
+        file is a SettingsError naming the variable."""
+        if self.bundle_verify_key is None:
+            return None
+        try:
+            return load_public_key(self.bundle_verify_key)
+        except TrustError as exc:
+            raise SettingsError(f"{self.source_of('bundle_verify_key')}: {exc}") from None
 
     def batch_config(self) -> BatchConfig:
         """The micro-batcher's switch and bounds."""
@@ -309,6 +341,8 @@ def _error_line(error: Mapping[str, Any], origins: Mapping[str, str]) -> str:
             if getattr(meta, key, None) is not None:
                 bounds[key] = getattr(meta, key)
     kind = error.get("type", "")
+    if kind == "value_error" and "error" in error.get("ctx", {}):
+        return f"{var}: {error['ctx']['error']}"  # a validator's own message quotes the value
     if kind in {"int_parsing", "int_from_float", "int_type"}:
         return f"{head} is not an integer; set a whole number"
     if kind in {"float_parsing", "float_type"}:
