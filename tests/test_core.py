@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from bundle_factory import make_bundle
+from bundle_factory import make_bundle, use_normalizing_decoder
 from prometheus_client import CollectorRegistry
 
 from sculptserve.bundle.load import load_bundle
@@ -68,3 +68,39 @@ def test_generate_limits(bundle):
         app.generate(5)
     with pytest.raises(PayloadError, match="unknown output"):
         app.generate(1, output="gif")
+
+
+def test_generate_refuses_non_finite_samples_from_huge_fixed_values(tmp_path):
+    """Issue 13, finding 7: {"n": 2, "fixed": {"0": -3e38}} answered all-NaN samples."""
+    bundle = load_bundle(use_normalizing_decoder(make_bundle(tmp_path / "b")))
+    app = EmbeddingApp(bundle, drift_enabled=False)
+    _, samples = app.runtime.generate(2, 0, {0: -3e38})
+    assert np.isnan(samples).all()  # what the decoder makes of it (a trained one too)
+    with pytest.raises(
+        PayloadError,
+        match=r"^item 0: the fixed values \{0: -3e\+38\} give non-finite samples \(2 of 2 "
+        r"items\); keep fixed values near the prior's range \(0\.1%\.\.99\.9% quantiles: "
+        r"dimension 0 in \[-3\.09, 3\.09\]\)$",
+    ):
+        app.generate(2, fixed={"0": -3e38})
+    for output in ("array", "png"):
+        with pytest.raises(PayloadError, match="non-finite samples"):
+            app.generate(1, seed=3, fixed={1: 3e38, 2: 0.0}, output=output)
+    # ordinary values, even well outside the prior's range, still generate
+    result = app.generate(2, fixed={"0": -8.0})
+    assert np.isfinite(result.samples).all() and (result.latents[:, 0] == -8.0).all()
+
+
+def test_generate_non_finite_without_fixed_values_is_a_server_error(bundle, monkeypatch):
+    # without `fixed`, the client asked for nothing unusual: a broken decoder is not a 400
+    app = EmbeddingApp(bundle, drift_enabled=False)
+    generate = app.runtime.generate
+
+    def nan_samples(*args, **kwargs):
+        latents, samples = generate(*args, **kwargs)
+        return latents, samples * np.nan
+
+    monkeypatch.setattr(app.runtime, "generate", nan_samples)
+    with pytest.raises(RuntimeError, match="decoder is broken") as info:
+        app.generate(2, seed=5)
+    assert not isinstance(info.value, PayloadError)
