@@ -6,7 +6,7 @@ from bundle_factory import make_bundle, use_normalizing_decoder
 from prometheus_client import CollectorRegistry
 
 from sculptserve.bundle.load import load_bundle
-from sculptserve.serving.core import EmbeddingApp, ServiceLimits
+from sculptserve.serving.core import DEFAULT_GRPC_RESPONSE_MAX_BYTES, EmbeddingApp, ServiceLimits
 from sculptserve.serving.errors import PayloadError
 from sculptserve.serving.settings import SculptDeprecationWarning, load_settings
 
@@ -68,6 +68,15 @@ def test_generate_limits(bundle):
         app.generate(5)
     with pytest.raises(PayloadError, match="unknown output"):
         app.generate(1, output="gif")
+
+
+def test_settings_defaults_are_the_service_limits_defaults():
+    assert load_settings({}).limits() == ServiceLimits()
+    assert ServiceLimits().max_grpc_response_bytes == DEFAULT_GRPC_RESPONSE_MAX_BYTES < 4 * 2**20
+    limits = load_settings({"SCULPT_GRPC_RESPONSE_MAX_BYTES": "16777216"}).limits()
+    assert limits.max_grpc_response_bytes == 16 * 2**20
+    with pytest.raises(ValueError, match="SCULPT_GRPC_RESPONSE_MAX_BYTES='1000' must be >= 65536"):
+        load_settings({"SCULPT_GRPC_RESPONSE_MAX_BYTES": "1000"})
 
 
 def test_generate_refuses_non_finite_samples_from_huge_fixed_values(tmp_path):

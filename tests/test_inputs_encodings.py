@@ -17,7 +17,9 @@ from sculptserve.serving.encodings import (
     decode_embeddings,
     encode_embeddings,
     get_encoding,
+    images_to_png,
     images_to_png_b64,
+    png_max_bytes,
 )
 from sculptserve.serving.errors import PayloadError
 from sculptserve.serving.inputs import (
@@ -321,6 +323,16 @@ def test_image_over_pillows_pixel_limit_is_a_size_error(decoded):
     with pytest.raises(PayloadError, match=r"item 0: .*decompression-bomb limit .* takes 5x4"):
         decode_inputs([header_only], image_spec(1), max_items=1)
     assert decoded == []
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 4, 5), (3, 64, 64), (1, 200, 300), (3, 1, 5000)])
+def test_png_max_bytes_bounds_every_png(shape):
+    # noise does not compress: the worst case for the bound
+    x = np.random.default_rng(0).random((2, *shape))
+    sizes = [len(b) for b in images_to_png(x)]
+    bound = png_max_bytes(shape)
+    assert max(sizes) <= bound
+    assert bound <= 1.01 * min(sizes) + 64  # tight enough to size responses by
 
 
 def test_check_model_input():

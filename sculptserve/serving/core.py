@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from sculptserve.serving.settings import Settings
 
 __all__ = [
+    "DEFAULT_GRPC_RESPONSE_MAX_BYTES",
     "OUTPUT_FORMATS",
     "EmbedResult",
     "EmbeddingApp",
@@ -46,14 +47,23 @@ OUTPUT_FORMATS = ("array", "png")
 _PRIOR_RANGE_QUANTILES = (0.001, 0.999)
 
 
+# A default gRPC client refuses messages over 4 MiB; the margin is slack for a client whose
+# limit counts a little more than the message.
+DEFAULT_GRPC_RESPONSE_MAX_BYTES = 4 * 2**20 - 2**16
+
+
 @dataclass(frozen=True)
 class ServiceLimits:
     """Per-request limits (from the environment: ``Settings.limits()``, the variables
-    SCULPT_REQUEST_MAX_ITEMS, SCULPT_REQUEST_MAX_SAMPLES, SCULPT_REQUEST_MAX_BYTES)."""
+    SCULPT_REQUEST_MAX_ITEMS, SCULPT_REQUEST_MAX_SAMPLES, SCULPT_REQUEST_MAX_BYTES,
+    SCULPT_GRPC_RESPONSE_MAX_BYTES). ``max_grpc_response_bytes`` bounds one gRPC response
+    message: the gRPC server refuses a request whose response would be larger before running
+    the model (REST answers are not bounded by it)."""
 
     max_items: int = 256
     max_generate: int = 256
     max_body_bytes: int = 8 * 2**20
+    max_grpc_response_bytes: int = DEFAULT_GRPC_RESPONSE_MAX_BYTES
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
