@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import math
 import os
 import queue
@@ -463,7 +464,7 @@ def test_api_key_from_environment(app: EmbeddingApp, monkeypatch: pytest.MonkeyP
         srv.stop()
 
 
-# --- bounded responses, non-finite samples (issue 13) -------------------------------------------
+# --- bounded responses, non-finite samples, one log line per client error (issue 13) -----------
 
 WIDE_SHAPE = (3, 64, 64)  # 48 KiB of float32 per sample: 256 samples make a 12 MiB response
 DEFAULT_CLIENT_LIMIT = 4 * 2**20  # what a gRPC client accepts unless configured otherwise
@@ -563,6 +564,34 @@ def test_generate_with_huge_fixed_values_is_invalid_argument(
     err = rpc_error(lambda: wide_stub.Generate(request, timeout=TIMEOUT))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
     assert "the fixed values {0: -3e+38} give non-finite samples" in err.details()
+
+
+def test_client_errors_are_one_log_line_without_traceback(
+    stub: pb_grpc.SculptStub,
+    wide_stub: pb_grpc.SculptStub,
+    keyed_channel: grpc.Channel,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 13, finding 10: a client's errors must not flood the log with tracebacks."""
+    calls = {
+        "INVALID_ARGUMENT": ("Embed", lambda: stub.Embed(embed_request(batch(1), "bad\nname"))),
+        "RESOURCE_EXHAUSTED": ("Generate", lambda: wide_stub.Generate(pb.GenerateRequest(n=256))),
+        "UNAUTHENTICATED": (
+            "GetInfo",
+            lambda: pb_grpc.SculptStub(keyed_channel).GetInfo(pb.GetInfoRequest()),
+        ),
+    }
+    for status, (rpc, call) in calls.items():
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG):
+            assert rpc_error(call).code().name == status
+        records = [r for r in caplog.records if r.levelno >= logging.INFO]
+        assert len(records) == 1, [r.getMessage() for r in records]
+        (record,) = records
+        message = record.getMessage()
+        assert record.name == "sculptserve.serving.grpc.server" and record.levelno == logging.INFO
+        assert record.exc_info is None and "\n" not in message
+        assert message.startswith(f"gRPC {rpc} from ipv4:127.0.0.1:") and f": {status}: " in message
 
 
 # --- the real process --------------------------------------------------------------------------

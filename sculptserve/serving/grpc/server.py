@@ -21,8 +21,10 @@ message; a message over ``ServiceLimits.max_body_bytes`` is ``RESOURCE_EXHAUSTED
 receive limit); so is a request whose response would exceed
 ``ServiceLimits.max_grpc_response_bytes`` (SCULPT_GRPC_RESPONSE_MAX_BYTES, by default under a
 default client's 4 MiB receive limit), refused before the model runs with a message naming the
-limit and how many items fit; a missing or wrong key is ``UNAUTHENTICATED``; anything else is
-logged and answered with a generic ``INTERNAL``, and the server keeps serving.
+limit and how many items fit; a missing or wrong key is ``UNAUTHENTICATED``. Each of these client
+errors is one INFO log line (RPC, peer, status, message), never a traceback: clients cannot flood
+the log. Anything else is logged with its traceback and answered with a generic ``INTERNAL``, and
+the server keeps serving.
 
 Run: ``python -m sculptserve.serving.grpc.server --bundle PATH [--host H] [--port N]``.
 """
@@ -77,6 +79,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Sculpt"].full_name  # "sculpt.v1.
 _PROTECTED_PREFIX = f"/{SERVICE_NAME}/"
 _INTERNAL_MESSAGE = "internal server error; the server log has the details"
 _INPUT_DTYPES = ("", "float32")  # Tensor.dtype values accepted for inputs ("" = default)
+_LOGGED_MESSAGE_CHARS = 300  # a client error's log line quotes at most this much of the message
 # Protobuf framing of one response besides its arrays' bytes: field tags, length varints (<= 10
 # bytes each), Tensor shapes and dtype names, the encoding, the seed. A few hundred bytes at
 # most for every Sculpt response; counted generously so the size estimate is an upper bound.
@@ -184,8 +187,16 @@ def _client_status(exc: Exception) -> grpc.StatusCode | None:
     return next((code for kind, code in _CLIENT_ERRORS if isinstance(exc, kind)), None)
 
 
+def _log_client_error(rpc: str, peer: str, code: grpc.StatusCode, message: str) -> None:
+    """One line per client error, no traceback: a client's mistakes must not flood the log.
+    Whitespace is collapsed, so a client-chosen string cannot forge log lines."""
+    text = " ".join(message.split())[:_LOGGED_MESSAGE_CHARS]
+    log.info("gRPC %s from %s: %s: %s", rpc, peer, code.name, text)
+
+
 def _guarded(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Map client errors to their status and any other failure to a logged INTERNAL."""
+    """Map client errors to their status (logged in one line) and any other failure to
+    INTERNAL (logged with its traceback)."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
@@ -198,6 +209,7 @@ def _guarded(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
                 code, message = grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE
             else:
                 message = str(exc)
+                _log_client_error(method.__name__, context.peer(), code, message)
         # abort raises; called outside the except block so its exception is not caught above
         await context.abort(code, message)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -299,7 +311,6 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, api_key: str) -> None:
         self._key = api_key.encode("utf-8")
-        self._deny = grpc.unary_unary_rpc_method_handler(self._reject)
 
     def authorized(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> bool:
         for key, value in metadata or ():
@@ -322,14 +333,16 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
             return await continuation(handler_call_details)
         if self.authorized(handler_call_details.invocation_metadata):
             return await continuation(handler_call_details)
-        return self._deny  # every Sculpt RPC is unary-unary, so one deny handler fits all
+        # every Sculpt RPC is unary-unary, so a unary-unary deny handler fits all
+        rpc = method.rsplit("/", 1)[-1]
+        return grpc.unary_unary_rpc_method_handler(functools.partial(self._reject, rpc))
 
     @staticmethod
-    async def _reject(request: bytes, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(
-            grpc.StatusCode.UNAUTHENTICATED,
-            "missing or wrong API key: send metadata 'authorization: Bearer <key>'",
-        )
+    async def _reject(rpc: str, request: bytes, context: grpc.aio.ServicerContext) -> None:
+        code = grpc.StatusCode.UNAUTHENTICATED
+        message = "missing or wrong API key: send metadata 'authorization: Bearer <key>'"
+        _log_client_error(rpc, context.peer(), code, message)
+        await context.abort(code, message)
 
 
 # --- server ------------------------------------------------------------------------------------
