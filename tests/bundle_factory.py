@@ -237,3 +237,34 @@ def rehash(folder: Path) -> None:
         data["files"] = {name: sha256_file(folder / name) for name in data["files"]}
 
     edit_manifest(folder, update)
+
+
+def use_normalizing_decoder(folder: Path, seed: int = 0) -> Path:
+    """Swap the bundle's decoder for one that layer-normalizes ``z @ (4 W_dec)`` before the
+    sigmoid, as trained decoders normalize (GroupNorm): like them, it gives NaN once a huge
+    latent overflows float32 (inf - inf), where the plain toy decoder saturates to 0 or 1.
+    (The factor 4 makes every latent of about -3e38 overflow the product.)"""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    input_shape = manifest["input"]["shape"]
+    latent_dim = int(manifest["latent_dim"])
+    features = math.prod(input_shape)
+    w_dec = 4 * toy_weights(input_shape, latent_dim, seed)[1]
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", latent_dim])
+    x_hat = helper.make_tensor_value_info("x_hat", TensorProto.FLOAT, ["batch", *input_shape])
+    nodes = [
+        helper.make_node("MatMul", ["z", "w_dec"], ["logits"]),
+        helper.make_node("LayerNormalization", ["logits", "gamma", "beta"], ["normed"], axis=-1),
+        helper.make_node("Sigmoid", ["normed"], ["flat"]),
+        helper.make_node("Reshape", ["flat", "out_shape"], ["x_hat"]),
+    ]
+    init = [
+        numpy_helper.from_array(w_dec, "w_dec"),
+        numpy_helper.from_array(np.ones(features, np.float32), "gamma"),
+        numpy_helper.from_array(np.zeros(features, np.float32), "beta"),
+        numpy_helper.from_array(np.array([-1, *input_shape], dtype=np.int64), "out_shape"),
+    ]
+    graph = helper.make_graph(nodes, "toy_normalizing_decoder", [z], [x_hat], initializer=init)
+    _save_model(graph, folder / "decoder.onnx")
+    rehash(folder)
+    return folder

@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from bundle_factory import make_bundle
+from bundle_factory import make_bundle, use_normalizing_decoder
 from prometheus_client import CollectorRegistry
 
 from sculptserve.bundle.load import load_bundle
-from sculptserve.serving.core import EmbeddingApp, ServiceLimits
+from sculptserve.serving.core import DEFAULT_GRPC_RESPONSE_MAX_BYTES, EmbeddingApp, ServiceLimits
 from sculptserve.serving.errors import PayloadError
 from sculptserve.serving.settings import SculptDeprecationWarning, load_settings
 
@@ -68,3 +68,48 @@ def test_generate_limits(bundle):
         app.generate(5)
     with pytest.raises(PayloadError, match="unknown output"):
         app.generate(1, output="gif")
+
+
+def test_settings_defaults_are_the_service_limits_defaults():
+    assert load_settings({}).limits() == ServiceLimits()
+    assert ServiceLimits().max_grpc_response_bytes == DEFAULT_GRPC_RESPONSE_MAX_BYTES < 4 * 2**20
+    limits = load_settings({"SCULPT_GRPC_RESPONSE_MAX_BYTES": "16777216"}).limits()
+    assert limits.max_grpc_response_bytes == 16 * 2**20
+    with pytest.raises(ValueError, match="SCULPT_GRPC_RESPONSE_MAX_BYTES='1000' must be >= 65536"):
+        load_settings({"SCULPT_GRPC_RESPONSE_MAX_BYTES": "1000"})
+
+
+def test_generate_refuses_non_finite_samples_from_huge_fixed_values(tmp_path):
+    """Issue 13, finding 7: {"n": 2, "fixed": {"0": -3e38}} answered all-NaN samples."""
+    bundle = load_bundle(use_normalizing_decoder(make_bundle(tmp_path / "b")))
+    app = EmbeddingApp(bundle, drift_enabled=False)
+    _, samples = app.runtime.generate(2, 0, {0: -3e38})
+    assert np.isnan(samples).all()  # what the decoder makes of it (a trained one too)
+    with pytest.raises(
+        PayloadError,
+        match=r"^item 0: the fixed values \{0: -3e\+38\} give non-finite samples \(2 of 2 "
+        r"items\); keep fixed values near the prior's range \(0\.1%\.\.99\.9% quantiles: "
+        r"dimension 0 in \[-3\.09, 3\.09\]\)$",
+    ):
+        app.generate(2, fixed={"0": -3e38})
+    for output in ("array", "png"):
+        with pytest.raises(PayloadError, match="non-finite samples"):
+            app.generate(1, seed=3, fixed={1: 3e38, 2: 0.0}, output=output)
+    # ordinary values, even well outside the prior's range, still generate
+    result = app.generate(2, fixed={"0": -8.0})
+    assert np.isfinite(result.samples).all() and (result.latents[:, 0] == -8.0).all()
+
+
+def test_generate_non_finite_without_fixed_values_is_a_server_error(bundle, monkeypatch):
+    # without `fixed`, the client asked for nothing unusual: a broken decoder is not a 400
+    app = EmbeddingApp(bundle, drift_enabled=False)
+    generate = app.runtime.generate
+
+    def nan_samples(*args, **kwargs):
+        latents, samples = generate(*args, **kwargs)
+        return latents, samples * np.nan
+
+    monkeypatch.setattr(app.runtime, "generate", nan_samples)
+    with pytest.raises(RuntimeError, match="decoder is broken") as info:
+        app.generate(2, seed=5)
+    assert not isinstance(info.value, PayloadError)

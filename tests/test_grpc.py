@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import math
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +27,13 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from bundle_factory import make_bundle, toy_decode, toy_encode, toy_weights
+from bundle_factory import (
+    make_bundle,
+    toy_decode,
+    toy_encode,
+    toy_weights,
+    use_normalizing_decoder,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -454,6 +462,136 @@ def test_api_key_from_environment(app: EmbeddingApp, monkeypatch: pytest.MonkeyP
             assert stub.GetInfo(pb.GetInfoRequest(), metadata=auth, timeout=TIMEOUT).name == "toy"
     finally:
         srv.stop()
+
+
+# --- bounded responses, non-finite samples, one log line per client error (issue 13) -----------
+
+WIDE_SHAPE = (3, 64, 64)  # 48 KiB of float32 per sample: 256 samples make a 12 MiB response
+DEFAULT_CLIENT_LIMIT = 4 * 2**20  # what a gRPC client accepts unless configured otherwise
+
+
+@pytest.fixture(scope="module")
+def wide_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddingApp]:
+    """A 3 x 64 x 64 model with the default limits and a decoder that normalizes (NaN on
+    overflow, as a trained one)."""
+    folder = make_bundle(
+        tmp_path_factory.mktemp("grpc-wide") / "wide", latent_dim=LATENT_DIM, input_shape=WIDE_SHAPE
+    )
+    app = EmbeddingApp(load_bundle(use_normalizing_decoder(folder)), background_drift=False)
+    yield app
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def wide_stub(wide_app: EmbeddingApp) -> Iterator[pb_grpc.SculptStub]:
+    srv = ServerThread(wide_app, api_key="")
+    with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:  # default options: 4 MiB
+        yield pb_grpc.SculptStub(ch)
+    srv.stop()
+
+
+def _fit(details: str, noun: str) -> int:
+    match = re.search(rf"at most (\d+) {noun} fit in one response", details)
+    assert match, details
+    return int(match.group(1))
+
+
+def _model_must_not_run(app: EmbeddingApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the model ran for a request that had to be refused first")
+
+    for name in ("generate", "reconstruct", "encode", "decode"):
+        monkeypatch.setattr(app.runtime, name, run)
+
+
+def test_generate_of_256_samples_is_refused_up_front_naming_the_limit(
+    wide_stub: pb_grpc.SculptStub, wide_app: EmbeddingApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13, finding 8: 256 samples were a 12 MiB response a default client refuses."""
+    limit = wide_app.limits.max_grpc_response_bytes
+    assert limit < DEFAULT_CLIENT_LIMIT  # the default setting
+    with monkeypatch.context() as patch:
+        _model_must_not_run(wide_app, patch)
+        err = rpc_error(lambda: wide_stub.Generate(pb.GenerateRequest(n=256), timeout=TIMEOUT))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+    details = err.details()
+    assert details.startswith("Generate of 256 samples would answer up to 12.0"), details
+    assert f"gRPC response limit of {limit} bytes" in details
+    assert "SCULPT_GRPC_RESPONSE_MAX_BYTES" in details
+    fit = _fit(details, "samples")
+    # as many as fit do reach a default client; one more is refused
+    resp = wide_stub.Generate(pb.GenerateRequest(n=fit, seed=1), timeout=TIMEOUT)
+    assert resp.ByteSize() <= limit and list(resp.samples.shape) == [fit, *WIDE_SHAPE]
+    err = rpc_error(lambda: wide_stub.Generate(pb.GenerateRequest(n=fit + 1), timeout=TIMEOUT))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # and the estimate wastes little: at most 1% of what would fit exactly
+    assert fit >= 0.99 * limit / (resp.ByteSize() / fit) - 1
+    # PNG samples are 4x smaller: 256 fit
+    resp = wide_stub.Generate(pb.GenerateRequest(n=256, output="png"), timeout=TIMEOUT)
+    assert len(resp.png) == 256 and resp.ByteSize() <= limit
+    assert_info_names_the_limit(wide_stub, limit)
+
+
+def assert_info_names_the_limit(stub: pb_grpc.SculptStub, limit: int) -> None:
+    info = json.loads(stub.GetInfo(pb.GetInfoRequest(), timeout=TIMEOUT).json)
+    assert info["limits"]["max_grpc_response_bytes"] == limit
+
+
+def test_reconstruct_of_256_images_is_refused_up_front(
+    wide_stub: pb_grpc.SculptStub, wide_app: EmbeddingApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = png(np.zeros((64, 64, 3)))  # 256 of them are a small request: PNG compresses
+    request = pb.ReconstructRequest(inputs=pb.Inputs(images=[image] * 256))
+    with monkeypatch.context() as patch:
+        _model_must_not_run(wide_app, patch)
+        err = rpc_error(lambda: wide_stub.Reconstruct(request, timeout=TIMEOUT))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+    assert err.details().startswith("Reconstruct of 256 inputs would answer up to 12.0")
+    fit = _fit(err.details(), "inputs")
+    request = pb.ReconstructRequest(inputs=pb.Inputs(images=[image] * fit))
+    resp = wide_stub.Reconstruct(request, timeout=TIMEOUT)
+    assert list(resp.outputs.shape) == [fit, *WIDE_SHAPE]
+    # embeddings are small: 256 inputs are answered
+    resp = wide_stub.Embed(pb.EmbedRequest(inputs=pb.Inputs(images=[image] * 256)))
+    assert list(resp.embeddings.shape) == [256, LATENT_DIM]
+
+
+def test_generate_with_huge_fixed_values_is_invalid_argument(
+    wide_stub: pb_grpc.SculptStub,
+) -> None:
+    """Issue 13, finding 7: fixed {0: -3e38} gave all-NaN samples with OK."""
+    request = pb.GenerateRequest(n=2, fixed={0: -3e38})
+    err = rpc_error(lambda: wide_stub.Generate(request, timeout=TIMEOUT))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+    assert "the fixed values {0: -3e+38} give non-finite samples" in err.details()
+
+
+def test_client_errors_are_one_log_line_without_traceback(
+    stub: pb_grpc.SculptStub,
+    wide_stub: pb_grpc.SculptStub,
+    keyed_channel: grpc.Channel,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 13, finding 10: a client's errors must not flood the log with tracebacks."""
+    calls = {
+        "INVALID_ARGUMENT": ("Embed", lambda: stub.Embed(embed_request(batch(1), "bad\nname"))),
+        "RESOURCE_EXHAUSTED": ("Generate", lambda: wide_stub.Generate(pb.GenerateRequest(n=256))),
+        "UNAUTHENTICATED": (
+            "GetInfo",
+            lambda: pb_grpc.SculptStub(keyed_channel).GetInfo(pb.GetInfoRequest()),
+        ),
+    }
+    for status, (rpc, call) in calls.items():
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG):
+            assert rpc_error(call).code().name == status
+        records = [r for r in caplog.records if r.levelno >= logging.INFO]
+        assert len(records) == 1, [r.getMessage() for r in records]
+        (record,) = records
+        message = record.getMessage()
+        assert record.name == "sculptserve.serving.grpc.server" and record.levelno == logging.INFO
+        assert record.exc_info is None and "\n" not in message
+        assert message.startswith(f"gRPC {rpc} from ipv4:127.0.0.1:") and f": {status}: " in message
 
 
 # --- the real process --------------------------------------------------------------------------

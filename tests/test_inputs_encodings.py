@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from sculptserve.bundle.schema import InputSpec
 from sculptserve.serving.encodings import (
@@ -15,7 +17,9 @@ from sculptserve.serving.encodings import (
     decode_embeddings,
     encode_embeddings,
     get_encoding,
+    images_to_png,
     images_to_png_b64,
+    png_max_bytes,
 )
 from sculptserve.serving.errors import PayloadError
 from sculptserve.serving.inputs import (
@@ -208,6 +212,127 @@ def test_strings_are_rejected_for_tabular_and_two_channel_models():
     )
     with pytest.raises(PayloadError, match="2-channel inputs, which PNG/JPEG cannot carry"):
         decode_inputs([png_b64(pixels(1))], two, max_items=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Image bombs: refused from the header, never decoded
+# ---------------------------------------------------------------------------------------------
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_file(width: int, height: int, *, channels: int = 4, ancillary: bytes = b"") -> bytes:
+    """A valid 8-bit PNG of zeros (gray, RGB or RGBA), built chunk by chunk so that no image of
+    its size is ever held in memory: a 13000 x 13000 RGBA bomb is 657 KB and decodes to 676 MB.
+    ``ancillary``: chunks placed before the pixel data."""
+    color_type = {1: 0, 3: 2, 4: 6}[channels]
+    deflate = zlib.compressobj(9)
+    rows = bytes(1 + width * channels) * 100  # a filter byte + the row, 100 rows per call
+    idat = b"".join(deflate.compress(rows) for _ in range(height // 100))
+    idat += deflate.compress(bytes(1 + width * channels) * (height % 100)) + deflate.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return b"".join(
+        [
+            b"\x89PNG\r\n\x1a\n",
+            _png_chunk(b"IHDR", ihdr),
+            ancillary,
+            _png_chunk(b"IDAT", idat),
+            _png_chunk(b"IEND", b""),
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def png_bomb() -> bytes:
+    """The reproducer of issue 13, finding 1: 13000 x 13000 RGBA in 657 KB."""
+    return png_file(13000, 13000)
+
+
+@pytest.fixture
+def decoded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The sizes of the images Pillow decodes (every PNG/JPEG pixel decode goes through
+    ``ImageFile.load``), recorded while the test runs."""
+    sizes: list[tuple[int, int]] = []
+    load = ImageFile.ImageFile.load
+
+    def spy(self: ImageFile.ImageFile) -> object:
+        sizes.append(self.size)
+        return load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    return sizes
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_png_bomb_is_refused_from_its_header_without_decoding(png_bomb, decoded):
+    assert len(png_bomb) < 700_000
+    pattern = r"^item 0: image is 13000x13000 \(width x height\) but the model takes 5x4"
+    for item in (png_bomb, base64.b64encode(png_bomb).decode()):  # gRPC/multipart, JSON
+        with pytest.raises(PayloadError, match=pattern):
+            decode_inputs([item, GOOD], image_spec(1), max_items=8)
+    assert decoded == []  # not a pixel decoded (it used to be decoded in full: 5 s, +640 MB)
+    # the spy does see decoding: an image of the model's size is decoded, as it must be
+    decode_inputs([png_file(W, H, channels=1)], image_spec(1), max_items=1)
+    assert decoded and set(decoded) == {(W, H)}
+
+
+def _exif_png(width: int, height: int, orientation: int | None) -> bytes:
+    img = Image.fromarray(np.arange(width * height, dtype=np.uint8).reshape(height, width))
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", exif=exif)
+    return buf.getvalue()
+
+
+def test_exif_orientation_is_applied_after_the_header_size_check(decoded):
+    # stored H x W, rotated upright by orientation 6: accepted, and turned the right way
+    x = decode_inputs([_exif_png(H, W, 6)], image_spec(1), max_items=1)
+    stored = np.arange(H * W, dtype=np.uint8).reshape(W, H)
+    np.testing.assert_allclose(x[0, 0], np.rot90(stored, -1) / 255, atol=1e-6)
+    # stored H x W without an orientation, or W x H rotated by one: the wrong size after all
+    for width, height, orientation in ((H, W, None), (W, H, 6)):
+        with pytest.raises(PayloadError, match=r"image is 4x5 .* takes 5x4"):
+            decode_inputs([_exif_png(width, height, orientation)], image_spec(1), max_items=1)
+    # any other size is refused before its EXIF is read: nothing of it is decoded
+    decoded.clear()
+    with pytest.raises(PayloadError, match=r"image is 50x40 .* takes 5x4"):
+        decode_inputs([_exif_png(50, 40, 6)], image_spec(1), max_items=1)
+    assert decoded == []
+
+
+def test_png_text_bomb_is_refused():
+    # 60 zTXt chunks of 1 MB of text each in 63 KB: Pillow's own limit let it hold 60 MB
+    text = zlib.compress(b"a" * (2**20 - 100), 9)
+    chunks = b"".join(_png_chunk(b"zTXt", b"k%d\x00\x00" % i + text) for i in range(60))
+    bomb = png_file(W, H, channels=1, ancillary=chunks)
+    assert len(bomb) < 70_000
+    with pytest.raises(PayloadError, match=r"item 0: cannot decode the image .*text chunks"):
+        decode_inputs([bomb], image_spec(1), max_items=1)
+    # a little metadata is fine
+    small = png_file(W, H, channels=1, ancillary=_png_chunk(b"tEXt", b"Comment\x00hello"))
+    decode_inputs([small], image_spec(1), max_items=1)
+
+
+def test_image_over_pillows_pixel_limit_is_a_size_error(decoded):
+    ihdr = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
+    header_only = b"\x89PNG\r\n\x1a\n" + ihdr + _png_chunk(b"IEND", b"")
+    with pytest.raises(PayloadError, match=r"item 0: .*decompression-bomb limit .* takes 5x4"):
+        decode_inputs([header_only], image_spec(1), max_items=1)
+    assert decoded == []
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 4, 5), (3, 64, 64), (1, 200, 300), (3, 1, 5000)])
+def test_png_max_bytes_bounds_every_png(shape):
+    # noise does not compress: the worst case for the bound
+    x = np.random.default_rng(0).random((2, *shape))
+    sizes = [len(b) for b in images_to_png(x)]
+    bound = png_max_bytes(shape)
+    assert max(sizes) <= bound
+    assert bound <= 1.01 * min(sizes) + 64  # tight enough to size responses by
 
 
 def test_check_model_input():

@@ -25,13 +25,14 @@ from sculptserve.serving.batching import BatchConfig, MicroBatcher
 from sculptserve.serving.drift import DriftConfig, DriftMonitor
 from sculptserve.serving.encodings import ENCODINGS, encode_embeddings, get_encoding, images_to_png
 from sculptserve.serving.errors import PayloadError
-from sculptserve.serving.inputs import decode_inputs
+from sculptserve.serving.inputs import decode_inputs, parse_fixed_dims
 from sculptserve.serving.runtime import EmbeddingRuntime, RuntimeConfig
 
 if TYPE_CHECKING:
     from sculptserve.serving.settings import Settings
 
 __all__ = [
+    "DEFAULT_GRPC_RESPONSE_MAX_BYTES",
     "OUTPUT_FORMATS",
     "EmbedResult",
     "EmbeddingApp",
@@ -42,16 +43,27 @@ __all__ = [
 ]
 
 OUTPUT_FORMATS = ("array", "png")
+# the quantiles that describe "the prior's range" of a latent dimension in error messages
+_PRIOR_RANGE_QUANTILES = (0.001, 0.999)
+
+
+# A default gRPC client refuses messages over 4 MiB; the margin is slack for a client whose
+# limit counts a little more than the message.
+DEFAULT_GRPC_RESPONSE_MAX_BYTES = 4 * 2**20 - 2**16
 
 
 @dataclass(frozen=True)
 class ServiceLimits:
     """Per-request limits (from the environment: ``Settings.limits()``, the variables
-    SCULPT_REQUEST_MAX_ITEMS, SCULPT_REQUEST_MAX_SAMPLES, SCULPT_REQUEST_MAX_BYTES)."""
+    SCULPT_REQUEST_MAX_ITEMS, SCULPT_REQUEST_MAX_SAMPLES, SCULPT_REQUEST_MAX_BYTES,
+    SCULPT_GRPC_RESPONSE_MAX_BYTES). ``max_grpc_response_bytes`` bounds one gRPC response
+    message: the gRPC server refuses a request whose response would be larger before running
+    the model (REST answers are not bounded by it)."""
 
     max_items: int = 256
     max_generate: int = 256
     max_body_bytes: int = 8 * 2**20
+    max_grpc_response_bytes: int = DEFAULT_GRPC_RESPONSE_MAX_BYTES
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -91,14 +103,23 @@ class GenerateResult:
     png: list[bytes] | None = None
 
 
-def check_finite(values: np.ndarray, what: str) -> None:
-    """Finite but huge inputs can overflow the model; that is the client's to fix."""
-    if not np.isfinite(values).all():
-        rows = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
-        raise PayloadError(
-            f"item {rows[0]}: the inputs give non-finite {what} (values too large for "
-            "float32?); check the value range of the inputs"
-        )
+def check_finite(
+    values: np.ndarray,
+    what: str,
+    cause: str = "the inputs",
+    advice: str = "values too large for float32? check the value range of the inputs",
+) -> None:
+    """Refuse non-finite model outputs ``values`` (``what``: "embeddings", "samples"...) as
+    the client's to fix: finite but huge values sent by the client (``cause``) overflowed the
+    model. The one check of embed, reconstruct and generate (NaN/Inf never reach a response
+    or the drift monitor)."""
+    if np.isfinite(values).all():
+        return
+    rows = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
+    raise PayloadError(
+        f"item {rows[0]}: {cause} give non-finite {what} ({rows.size} of {len(values)} "
+        f"items); {advice}"
+    )
 
 
 def _encoder_of(app: weakref.ref[EmbeddingApp]) -> Callable[[np.ndarray], np.ndarray]:
@@ -239,11 +260,35 @@ class EmbeddingApp:
             raise PayloadError(f"unknown output '{output}'; valid: {', '.join(OUTPUT_FORMATS)}")
         if output == "png" and self.spec.modality != "image":
             raise PayloadError("output 'png' needs an image model; this bundle is tabular")
-        latents, samples = self.runtime.generate(n, seed, fixed)
+        overrides = parse_fixed_dims(fixed, self.runtime.latent_dim)
+        latents, samples = self.runtime.generate(n, seed, overrides)
+        self._check_samples(samples, overrides, seed)
         png = None
         if output == "png":
             png = images_to_png(samples, self.spec.value_range or (0.0, 1.0))
         return GenerateResult(latents, samples, seed, output, png)
+
+    def _check_samples(self, samples: np.ndarray, overrides: dict[int, float], seed: int) -> None:
+        """Non-finite samples: the client's ``fixed`` values overflowed the decoder (400), or,
+        with no ``fixed`` values, the bundle's decoder fails on its own prior (500)."""
+        if not overrides:
+            if not np.isfinite(samples).all():
+                raise RuntimeError(
+                    f"the decoder gave non-finite samples for prior draws (seed {seed}): the "
+                    "bundle's decoder is broken; re-export it"
+                )
+            return
+        lo, hi = self.prior.ppf(np.array([_PRIOR_RANGE_QUANTILES] * self.prior.dim).T)
+        ranges = ", ".join(f"dimension {d} in [{lo[d]:.3g}, {hi[d]:.3g}]" for d in overrides)
+        fixed = "{" + ", ".join(f"{d}: {v:.3g}" for d, v in overrides.items()) + "}"
+        low_q, high_q = (f"{100 * q:g}%" for q in _PRIOR_RANGE_QUANTILES)
+        check_finite(
+            samples,
+            "samples",
+            cause=f"the fixed values {fixed}",
+            advice=f"keep fixed values near the prior's range ({low_q}..{high_q} quantiles: "
+            f"{ranges})",
+        )
 
     def info(self) -> dict[str, Any]:
         return {

@@ -11,7 +11,8 @@ one byte per dimension, quantized through the prior's per-dimension CDF,
 probability bins are the maximum-entropy code: every one of the 256 codes is used equally often.
 
 Images out (:func:`images_to_png`): model-space images back to 8-bit PNG files, the inverse of
-how :func:`sculptserve.serving.inputs.decode_inputs` reads pixels.
+how :func:`sculptserve.serving.inputs.decode_inputs` reads pixels; :func:`png_max_bytes`
+bounds their size before they are made.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "get_encoding",
     "images_to_png",
     "images_to_png_b64",
+    "png_max_bytes",
 ]
 
 
@@ -198,3 +200,24 @@ def images_to_png(x: np.ndarray, value_range: Sequence[float] | None = (0.0, 1.0
 def images_to_png_b64(x: np.ndarray, value_range: Sequence[float] | None = (0.0, 1.0)) -> list[str]:
     """:func:`images_to_png` as base64 strings (the JSON form)."""
     return [base64.b64encode(png).decode("ascii") for png in images_to_png(x, value_range)]
+
+
+# PNG framing: signature (8) + IHDR chunk (25) + IEND chunk (12); every IDAT chunk adds 12.
+_PNG_FIXED_BYTES = 8 + 25 + 12
+_PNG_CHUNK_BYTES = 12
+_PNG_IDAT_DATA = 2**16  # Pillow writes one IDAT chunk per 64 KiB block of compressed data
+
+
+def png_max_bytes(shape: Sequence[int]) -> int:
+    """An upper bound on the size of one :func:`images_to_png` file of a ``(C, H, W)`` image,
+    whatever its pixels (so a response can be sized before the model runs).
+
+    The PNG stream is H rows of one filter byte + W * C bytes, deflated; zlib's worst case is
+    its ``compressBound`` (incompressible data is stored with small block headers), and every
+    IDAT chunk adds 12 bytes (one more chunk counted for a partial last block, and one spare).
+    """
+    c, h, w = (int(d) for d in shape)
+    raw = h * (1 + w * c)
+    deflated = raw + (raw >> 12) + (raw >> 14) + (raw >> 25) + 13  # zlib's compressBound
+    chunks = deflated // _PNG_IDAT_DATA + 2
+    return _PNG_FIXED_BYTES + deflated + chunks * _PNG_CHUNK_BYTES

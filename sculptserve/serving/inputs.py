@@ -16,7 +16,9 @@ Each item of a request is one example, in one of three forms:
   is allowed). It is converted to ``L`` or ``RGB`` as the model's channels require and must
   already be W x H: a wrong size is rejected, never resized, because resampling silently
   changes what the model sees. In-process callers (a multipart upload, gRPC bytes) may pass
-  the file's ``bytes`` instead of a string;
+  the file's ``bytes`` instead of a string. The size in the file's header is checked before
+  any pixel is decoded (see :func:`_open_image`), so a small file declaring a huge image costs
+  no more than its header;
 - a **raw array** ``{"b64": "...", "dtype": "float32", "shape": [...]}`` of little-endian
   float32 bytes, in any of the layouts above: the compact form for any modality.
 
@@ -34,11 +36,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -121,6 +125,11 @@ _DATA_URL = re.compile(r"^data:[\w.+/-]*;base64,", re.IGNORECASE)
 _PIL_FORMATS = ("PNG", "JPEG")
 _SIXTEEN_BIT = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # Pillow's convert("L") would clip
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+_EXIF_ORIENTATION = 0x0112
+# Decompressed PNG text metadata (tEXt/zTXt/iTXt) Pillow may hold for one image. Pillow parses
+# these chunks while reading the header and allows 64 MiB by default: a 63 KB PNG of zTXt
+# chunks cost +65 MB before any size check could run. The model never reads metadata.
+PNG_TEXT_BUDGET = 2**20
 PIL_MODES = {1: "L", 3: "RGB"}  # channels -> the mode a PNG/JPEG is converted to
 _RAW_KEYS = frozenset({"b64", "dtype", "shape"})
 _RAW_DTYPES = {"float32": np.dtype("<f4"), "<f4": np.dtype("<f4"), "f4": np.dtype("<f4")}
@@ -269,22 +278,67 @@ def _check_image_model(i: int, plan: _Plan, what: str) -> None:
         )
 
 
+@functools.cache
+def _pillow() -> tuple[ModuleType, ModuleType]:
+    """(PIL.Image, PIL.ImageOps), imported on first use with the request decoder's guards set.
+
+    Lazy: tabular services never need Pillow. Sets Pillow's documented, process-wide PNG text
+    limit (``PngImagePlugin.MAX_TEXT_MEMORY``) to :data:`PNG_TEXT_BUDGET`, never higher than it
+    was. Pillow's pixel-count guard (``Image.MAX_IMAGE_PIXELS``) stays as it is: the exact size
+    check of :func:`_open_image` refuses every other size first, and a global pixel limit
+    derived from one bundle would be wrong for another bundle served by the same process.
+    """
+    from PIL import Image, ImageOps, PngImagePlugin
+
+    PngImagePlugin.MAX_TEXT_MEMORY = min(PngImagePlugin.MAX_TEXT_MEMORY, PNG_TEXT_BUDGET)
+    return Image, ImageOps
+
+
+def _size_error(i: int, size: tuple[int, int], w: int, h: int) -> PayloadError:
+    return PayloadError(
+        f"item {i}: image is {size[0]}x{size[1]} (width x height) but the model takes "
+        f"{w}x{h}; resize it before sending"
+    )
+
+
+def _open_image(i: int, data: bytes, w: int, h: int) -> Any:
+    """The open PNG/JPEG (a ``PIL.Image.Image``) of item ``i``, W x H once its EXIF
+    orientation is applied (the caller applies it).
+
+    Opening reads the header only. Its size must be W x H, or H x W for an EXIF orientation
+    that swaps the axes, before anything else is read: the EXIF of a PNG may follow the pixel
+    data, so ``getexif()`` decodes the whole image. Checked first, no image that is not already
+    the model's size is ever decoded: a 657 KB PNG declaring 13000x13000 RGBA used to be
+    decoded in full (5 s, +640 MB) before the size check refused it.
+    """
+    Image, _ = _pillow()
+    try:
+        img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
+    except Image.DecompressionBombError:  # over Pillow's own pixel limit: refused in open
+        raise PayloadError(
+            f"item {i}: image declares more pixels than Pillow's decompression-bomb limit but "
+            f"the model takes {w}x{h}; resize it before sending"
+        ) from None
+    size = img.size  # from the header
+    if size not in ((w, h), (h, w)):
+        img.close()
+        raise _size_error(i, size, w, h)
+    # at most W x H pixels from here on: reading the EXIF (and decoding) is cheap
+    if img.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSED_ORIENTATIONS:
+        size = size[::-1]
+    if size != (w, h):
+        img.close()
+        raise _size_error(i, size, w, h)
+    return img
+
+
 def _from_image_bytes(i: int, data: bytes, plan: _Plan) -> tuple[np.ndarray, bool]:
     """PNG/JPEG file bytes (a decoded base64 string, or a multipart upload)."""
     _check_image_model(i, plan, "a bytes item is a PNG/JPEG file")
-    from PIL import Image, ImageOps  # lazy: tabular services never need Pillow
-
+    Image, ImageOps = _pillow()
     c, h, w = plan.shape
     try:
-        with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as img:
-            size = img.size  # from the header: nothing decoded yet, so no decompression bomb
-            if img.getexif().get(0x0112) in _TRANSPOSED_ORIENTATIONS:
-                size = size[::-1]
-            if size != (w, h):
-                raise PayloadError(
-                    f"item {i}: image is {size[0]}x{size[1]} (width x height) but the model "
-                    f"takes {w}x{h}; resize it before sending"
-                )
+        with _open_image(i, data, w, h) as img:
             img = ImageOps.exif_transpose(img)
             if img.mode in _SIXTEEN_BIT:
                 wide = np.asarray(img, dtype=np.float64) / 257

@@ -202,6 +202,16 @@ class Settings(BaseSettings):
         "a signature.json by its private key (`sculpt export --signing-key`) or is refused at "
         "start (`sculpt serve --verify-key`). Unset: signatures are not required.",
     )
+    # -- payload costs (issue 13): response size --
+    grpc_response_max_bytes: int = Field(
+        4 * 2**20 - 2**16,  # = core.DEFAULT_GRPC_RESPONSE_MAX_BYTES (not imported: heavy)
+        ge=2**16,
+        description="Largest gRPC response message in bytes. A request whose response would "
+        "be larger (Generate, Reconstruct or Embed of many items) is refused with "
+        "RESOURCE_EXHAUSTED naming how many items fit, before the model runs; the default "
+        "fits a default gRPC client's 4 MiB receive limit. Raise it only with clients that "
+        "raise theirs (`grpc.max_receive_message_length`).",
+    )
 
     # which variable supplied each field read from the environment (an old name, if so)
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -284,6 +294,7 @@ class Settings(BaseSettings):
             max_items=self.request_max_items,
             max_generate=self.request_max_samples,
             max_body_bytes=self.request_max_bytes,
+            max_grpc_response_bytes=self.grpc_response_max_bytes,
         )
 
     def child_env(self, **values: Any) -> dict[str, str]:
@@ -388,14 +399,18 @@ def default_settings() -> Settings:
 # ---------------------------------------------------------------------------------------------
 
 
+# byte sizes shown with their meaning in the README table
+_DEFAULT_NOTES = {"request_max_bytes": "8 MiB", "grpc_response_max_bytes": "4 MiB - 64 KiB"}
+
+
 def _default_text(field: str) -> str:
     default = Settings.model_fields[field].default
     if default is None:
         return "unset"
     if isinstance(default, bool):
         return "on" if default else "off"
-    if field == "request_max_bytes":
-        return f"{default} (8 MiB)"
+    if field in _DEFAULT_NOTES:
+        return f"{default} ({_DEFAULT_NOTES[field]})"
     if isinstance(default, float):
         return f"{default:g}"
     return str(default)

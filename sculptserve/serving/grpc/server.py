@@ -18,8 +18,13 @@ finish.
 
 Errors: a :class:`~sculptserve.serving.errors.PayloadError` is ``INVALID_ARGUMENT`` with its
 message; a message over ``ServiceLimits.max_body_bytes`` is ``RESOURCE_EXHAUSTED`` (gRPC's own
-receive limit); a missing or wrong key is ``UNAUTHENTICATED``; anything else is logged and answered
-with a generic ``INTERNAL``, and the server keeps serving.
+receive limit); so is a request whose response would exceed
+``ServiceLimits.max_grpc_response_bytes`` (SCULPT_GRPC_RESPONSE_MAX_BYTES, by default under a
+default client's 4 MiB receive limit), refused before the model runs with a message naming the
+limit and how many items fit; a missing or wrong key is ``UNAUTHENTICATED``. Each of these client
+errors is one INFO log line (RPC, peer, status, message), never a traceback: clients cannot flood
+the log. Anything else is logged with its traceback and answered with a generic ``INTERNAL``, and
+the server keeps serving.
 
 Run: ``python -m sculptserve.serving.grpc.server --bundle PATH [--host H] [--port N]``.
 """
@@ -47,15 +52,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sculptserve.serving.core import EmbeddingApp
+from sculptserve.serving.encodings import ENCODINGS, png_max_bytes
 from sculptserve.serving.errors import PayloadError
 from sculptserve.serving.grpc import sculpt_pb2 as pb
 from sculptserve.serving.grpc import sculpt_pb2_grpc as pb_grpc
-from sculptserve.serving.settings import load_settings
+from sculptserve.serving.settings import Settings, load_settings
 
 __all__ = [
     "DEFAULT_PORT",
     "READINESS_INTERVAL_S",
     "SERVICE_NAME",
+    "ResponseTooLarge",
     "bound_port",
     "build_server",
     "health_servicer",
@@ -72,6 +79,12 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Sculpt"].full_name  # "sculpt.v1.
 _PROTECTED_PREFIX = f"/{SERVICE_NAME}/"
 _INTERNAL_MESSAGE = "internal server error; the server log has the details"
 _INPUT_DTYPES = ("", "float32")  # Tensor.dtype values accepted for inputs ("" = default)
+_LOGGED_MESSAGE_CHARS = 300  # a client error's log line quotes at most this much of the message
+# Protobuf framing of one response besides its arrays' bytes: field tags, length varints (<= 10
+# bytes each), Tensor shapes and dtype names, the encoding, the seed. A few hundred bytes at
+# most for every Sculpt response; counted generously so the size estimate is an upper bound.
+_RESPONSE_FRAMING_BYTES = 1024
+_PNG_ITEM_FRAMING_BYTES = 16  # one `repeated bytes png` entry: tag + length varint
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -125,22 +138,79 @@ def _inputs(msg: pb.Inputs) -> list[Any]:
     return list(msg.images)  # bytes items are PNG/JPEG files to the codec
 
 
+# --- response size -----------------------------------------------------------------------------
+
+
+class ResponseTooLarge(PayloadError):
+    """The response would exceed ``ServiceLimits.max_grpc_response_bytes``."""
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+@dataclass(frozen=True)
+class _ResponseBudget:
+    """The largest response message this server sends (``ServiceLimits.max_grpc_response_bytes``).
+
+    A default gRPC client refuses a message over 4 MiB after the server did all the work, with
+    an error that names neither the cause nor the cure; this refuses such a request up front.
+    """
+
+    limit: int
+
+    def check(self, rpc: str, n: int, item_bytes: int, noun: str) -> None:
+        """Refuse ``n`` items of at most ``item_bytes`` wire bytes each when their response
+        could exceed the limit (a ResponseTooLarge naming the limit and how many fit)."""
+        size = _RESPONSE_FRAMING_BYTES + n * item_bytes
+        if size <= self.limit:
+            return
+        fit = max(0, (self.limit - _RESPONSE_FRAMING_BYTES) // item_bytes)
+        raise ResponseTooLarge(
+            f"{rpc} of {n} {noun} would answer up to {_mib(size)} ({item_bytes} bytes per item), "
+            f"over the gRPC response limit of {self.limit} bytes ({_mib(self.limit)}, "
+            f"{Settings.variable('grpc_response_max_bytes')}); at most {fit} {noun} fit in one "
+            "response: split the request"
+        )
+
+
 # --- the service -------------------------------------------------------------------------------
+
+# Client errors and their status, most specific first; any other exception is INTERNAL.
+_CLIENT_ERRORS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (ResponseTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (PayloadError, grpc.StatusCode.INVALID_ARGUMENT),
+)
+
+
+def _client_status(exc: Exception) -> grpc.StatusCode | None:
+    return next((code for kind, code in _CLIENT_ERRORS if isinstance(exc, kind)), None)
+
+
+def _log_client_error(rpc: str, peer: str, code: grpc.StatusCode, message: str) -> None:
+    """One line per client error, no traceback: a client's mistakes must not flood the log.
+    Whitespace is collapsed, so a client-chosen string cannot forge log lines."""
+    text = " ".join(message.split())[:_LOGGED_MESSAGE_CHARS]
+    log.info("gRPC %s from %s: %s: %s", rpc, peer, code.name, text)
 
 
 def _guarded(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Map PayloadError to INVALID_ARGUMENT and any other failure to a logged INTERNAL."""
+    """Map client errors to their status (logged in one line) and any other failure to
+    INTERNAL (logged with its traceback)."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         try:
             return await method(self, request, context)
-        except PayloadError as exc:
-            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-        except Exception:
-            log.exception("gRPC %s failed", method.__name__)
-            code, message = grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE
-        # abort raises; called outside the except blocks so its exception is not caught above
+        except Exception as exc:
+            code = _client_status(exc)
+            if code is None:
+                log.exception("gRPC %s failed", method.__name__)
+                code, message = grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE
+            else:
+                message = str(exc)
+                _log_client_error(method.__name__, context.peer(), code, message)
+        # abort raises; called outside the except block so its exception is not caught above
         await context.abort(code, message)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -156,11 +226,25 @@ class SculptServicer(pb_grpc.SculptServicer):
 
     def __init__(self, app: EmbeddingApp) -> None:
         self.app = app
+        self._budget = _ResponseBudget(app.limits.max_grpc_response_bytes)
+        self._latent_bytes = 4 * app.runtime.latent_dim  # one float32 latent vector
+        self._output_bytes = 4 * math.prod(app.runtime.input_shape)  # one float32 model output
+        image = app.spec.modality == "image" and len(app.runtime.input_shape) == 3
+        # output -> wire bytes of one decoded sample; "png" only for image models (the app
+        # refuses it for others)
+        self._sample_bytes = {"array": self._output_bytes}
+        if image:
+            self._sample_bytes["png"] = (
+                png_max_bytes(app.runtime.input_shape) + _PNG_ITEM_FRAMING_BYTES
+            )
 
     @_guarded
     async def Embed(self, request: pb.EmbedRequest, context: Any) -> pb.EmbedResponse:
         encoding = request.encoding or "float32"
         items = _inputs(request.inputs)
+        if encoding in ENCODINGS:  # an unknown one is the app's to refuse
+            code_bytes = self.app.runtime.latent_dim * ENCODINGS[encoding].dtype.itemsize
+            self._budget.check("Embed", len(items), code_bytes, "inputs")
         result = await asyncio.to_thread(self.app.embed, items, encoding)
         return pb.EmbedResponse(
             embeddings=to_tensor(result.embeddings, result.encoding), encoding=result.encoding
@@ -171,6 +255,7 @@ class SculptServicer(pb_grpc.SculptServicer):
         self, request: pb.ReconstructRequest, context: Any
     ) -> pb.ReconstructResponse:
         items = _inputs(request.inputs)
+        self._budget.check("Reconstruct", len(items), self._output_bytes, "inputs")
         result = await asyncio.to_thread(self.app.reconstruct, items)
         return pb.ReconstructResponse(outputs=to_tensor(result.outputs, "float32"))
 
@@ -178,6 +263,9 @@ class SculptServicer(pb_grpc.SculptServicer):
     async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
         output = request.output or "array"
         fixed = dict(request.fixed) or None
+        if output in self._sample_bytes:  # another output is the app's to refuse
+            item_bytes = self._latent_bytes + self._sample_bytes[output]
+            self._budget.check("Generate", int(request.n), item_bytes, "samples")
         result = await asyncio.to_thread(
             self.app.generate, int(request.n), int(request.seed), fixed, output
         )
@@ -223,7 +311,6 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, api_key: str) -> None:
         self._key = api_key.encode("utf-8")
-        self._deny = grpc.unary_unary_rpc_method_handler(self._reject)
 
     def authorized(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> bool:
         for key, value in metadata or ():
@@ -246,14 +333,16 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
             return await continuation(handler_call_details)
         if self.authorized(handler_call_details.invocation_metadata):
             return await continuation(handler_call_details)
-        return self._deny  # every Sculpt RPC is unary-unary, so one deny handler fits all
+        # every Sculpt RPC is unary-unary, so a unary-unary deny handler fits all
+        rpc = method.rsplit("/", 1)[-1]
+        return grpc.unary_unary_rpc_method_handler(functools.partial(self._reject, rpc))
 
     @staticmethod
-    async def _reject(request: bytes, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(
-            grpc.StatusCode.UNAUTHENTICATED,
-            "missing or wrong API key: send metadata 'authorization: Bearer <key>'",
-        )
+    async def _reject(rpc: str, request: bytes, context: grpc.aio.ServicerContext) -> None:
+        code = grpc.StatusCode.UNAUTHENTICATED
+        message = "missing or wrong API key: send metadata 'authorization: Bearer <key>'"
+        _log_client_error(rpc, context.peer(), code, message)
+        await context.abort(code, message)
 
 
 # --- server ------------------------------------------------------------------------------------
@@ -336,6 +425,8 @@ def build_server(
         options=[
             # gRPC answers RESOURCE_EXHAUSTED itself for a larger request, before decoding it
             ("grpc.max_receive_message_length", int(app.limits.max_body_bytes)),
+            # a backstop only: the servicer refuses such requests before the model runs
+            ("grpc.max_send_message_length", int(app.limits.max_grpc_response_bytes)),
         ],
     )
     pb_grpc.add_SculptServicer_to_server(SculptServicer(app), server)
