@@ -75,12 +75,27 @@ def _inputs(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n, *SHAPE)).astype(np.float32)
 
 
+ERROR_TYPES = {
+    "invalid_json",
+    "invalid_form",
+    "validation_error",
+    "invalid_input",
+    "unauthorized",
+    "method_not_allowed",
+    "payload_too_large",
+    "unsupported_media_type",
+    "internal_error",
+    "unavailable",
+}
+
+
 def _error(resp: Any) -> str:
-    """The error message, whichever envelope produced it (BentoML lists InvalidArgument's)."""
+    """The error body as text, after checking its one shape: {"error": str, "error_type": T}."""
+    assert resp.headers["content-type"] == "application/json", resp.headers
     body = resp.json()
-    if isinstance(body, list):
-        body = body[0]
-    assert isinstance(body, dict) and isinstance(body.get("error"), str), body
+    assert isinstance(body, dict) and set(body) == {"error", "error_type"}, body
+    assert isinstance(body["error"], str) and body["error"], body
+    assert body["error_type"] in ERROR_TYPES, body
     return json.dumps(body)
 
 
@@ -139,26 +154,36 @@ def test_embed_multipart_image_files(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "phrase"),
+    ("kwargs", "status", "phrase"),
     [
-        ({"data": {"files": "{}", "encoding": "float32"}}, "field 'files'"),
-        ({"files": [("encoding", ("e.txt", b"x", "text/plain"))]}, "field 'files'"),
+        # a urlencoded form is not multipart
+        ({"data": {"files": "{}", "encoding": "float32"}}, 415, "multipart/form-data"),
+        ({"files": [("encoding", ("e.txt", b"x", "text/plain"))]}, 400, "files: Field required"),
         (
             {
                 "content": b"\x00garbage",
                 "headers": {"content-type": "multipart/form-data; boundary=zz"},
             },
+            400,
             "multipart",
         ),
         (
+            {"content": b"--zz--", "headers": {"content-type": "multipart/form-data"}},
+            400,
+            "boundary",
+        ),
+        (
             {"files": [("files", ("a.png", b"\x89PNG", "image/png"))], "data": {"encoding": "gif"}},
-            "unknown encoding",
+            400,
+            "encoding: Input should be",
         ),
     ],
 )
-def test_embed_files_malformed_forms_are_400(client: TestClient, kwargs, phrase) -> None:
+def test_embed_files_malformed_forms_are_4xx(
+    client: TestClient, kwargs: dict[str, Any], status: int, phrase: str
+) -> None:
     resp = client.post("/embed/files", **kwargs)
-    assert resp.status_code == 400, resp.text
+    assert resp.status_code == status, resp.text
     assert phrase in _error(resp)
 
 
@@ -329,28 +354,28 @@ def test_tabular_model(monkeypatch: pytest.MonkeyPatch, tabular_dir: Path) -> No
         assert resp.status_code == 200, resp.text
         assert np.asarray(resp.json()["embeddings"]).shape == (1, 2)
         png = c.post("/generate", json={"n": 1, "output": "png"})
-        assert png.status_code == 400 and "tabular" in _error(png)
+        assert png.status_code == 400 and "needs an image model" in _error(png)
 
 
 # -- client errors: every one a 4xx that says what was wrong ----------------------------------
 
 BAD_REQUESTS = [
     ("/embed", {"inputs": [[[0.0] * 3] * 4]}, "shape"),
-    ("/embed", {"inputs": [[["a"] * 4] * 4]}, "strings"),
+    ("/embed", {"inputs": [[["a"] * 4] * 4]}, "valid number (got 'a')"),
     ("/embed", {"inputs": [_raw(np.full(SHAPE, np.nan, dtype=np.float32))]}, "NaN"),
     ("/embed", {"inputs": ["%%% not base64 %%%"]}, "base64"),
     ("/embed", {"inputs": [base64.b64encode(b"not an image").decode()]}, "decode"),
-    ("/embed", {"inputs": []}, "empty"),
+    ("/embed", {"inputs": []}, "at least 1 item"),
     ("/embed", {"inputs": [[[0.0] * 4] * 4], "encoding": "bf16"}, "encoding"),
     ("/embed", {"inputs": "nope"}, "validation"),
     ("/embed", {}, "validation"),
     ("/reconstruct", {"inputs": [[1, 2]]}, "shape"),
-    ("/reconstruct", {"inputs": []}, "empty"),
-    ("/generate", {"n": 100000}, "n must be"),
-    ("/generate", {"n": 0}, "n must be"),
-    ("/generate", {"n": -3}, "n must be"),
-    ("/generate", {"n": 2, "fixed": {"9": 1.0}}, "dimension"),
-    ("/generate", {"n": 2, "fixed": {"x": 1.0}}, "dimension"),
+    ("/reconstruct", {"inputs": []}, "at least 1 item"),
+    ("/generate", {"n": 100000}, "n: Input should be less than or equal to 256"),
+    ("/generate", {"n": 0}, "n: Input should be greater than or equal to 1"),
+    ("/generate", {"n": -3}, "n: Input should be greater than or equal to 1"),
+    ("/generate", {"n": 2, "fixed": {"9": 1.0}}, "fixed key '9'"),
+    ("/generate", {"n": 2, "fixed": {"x": 1.0}}, "fixed key 'x'"),
     ("/generate", {"n": 2, "seed": -1}, "seed"),
     ("/generate", {"n": 2, "output": "gif"}, "output"),
     ("/generate", {"n": "many"}, "validation"),
@@ -388,18 +413,28 @@ def test_malformed_json_is_400(client: TestClient) -> None:
         assert "json" in _error(resp).lower()
 
 
-def test_multipart_without_boundary_is_400(client: TestClient) -> None:
-    headers = {"content-type": "multipart/form-data"}
-    resp = client.post("/embed", content=b'{"inputs": []}', headers=headers)
-    assert resp.status_code == 400
-    assert "boundary" in resp.json()["error"]
+@pytest.mark.parametrize("route", API_ROUTES[:3])
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "multipart/form-data; boundary=x", "multipart/form-data", None],
+)
+def test_json_routes_take_only_json(
+    client: TestClient, route: str, content_type: str | None
+) -> None:
+    """Finding 3 (a malformed multipart body to a JSON route was a 500) and finding 9 (any
+    Content-Type was parsed as JSON): a JSON route answers any other media type 415."""
+    headers = {"content-type": content_type} if content_type else {}
+    resp = client.post(route, content=b"{}", headers=headers)
+    assert resp.status_code == 415, resp.text
+    assert "application/json" in _error(resp)
+    assert resp.json()["error_type"] == "unsupported_media_type"
 
 
 def test_too_many_items(monkeypatch: pytest.MonkeyPatch, bundle_dir: Path) -> None:
     with _client(monkeypatch, bundle_dir, SCULPT_REQUEST_MAX_ITEMS="4") as c:
         resp = c.post("/embed", json={"inputs": _inputs(5).tolist()})
         assert resp.status_code == 400
-        assert "too many items" in _error(resp)
+        assert "inputs: List should have at most 4 items" in _error(resp)
 
 
 def test_body_limit(monkeypatch: pytest.MonkeyPatch, bundle_dir: Path) -> None:

@@ -10,22 +10,24 @@ BentoML 1.4 has neither built in, so both live here, in front of every route
   ``Content-Length`` over the limit is answered 413 before any byte of the body is read; a body
   without one (chunked) is counted while it streams and answered 413 once it passes the limit.
 
-- **Malformed multipart**: ``multipart/form-data`` without a ``boundary`` is answered 400 here;
-  BentoML 1.4's parser raises ``KeyError`` on it, which would be a 500 (found by fuzzing).
-
-Error bodies are ``{"error": "..."}``. The middleware takes its key and limit as arguments;
-without them (BentoML constructs it when the ASGI app is built) it loads them once, at
-construction, through :func:`sculptserve.serving.settings.load_settings`.
+Error bodies are ``{"error": "...", "error_type": "..."}`` (:mod:`sculptserve.serving.http.errors`),
+like every other error of the REST API, and each rejection is one INFO log line. The
+middleware takes its key and limit as arguments; without them (BentoML constructs it when the
+ASGI app is built) it loads them once, at construction, through
+:func:`sculptserve.serving.settings.load_settings`.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from sculptserve.serving.http.errors import ErrorType, send_error
 from sculptserve.serving.settings import load_settings
+
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -35,24 +37,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Probes, scrapes and docs must work without the key (orchestrators and Prometheus have none).
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/docs"})
-
-
-async def _send_json(
-    send: Send, status: int, body: dict[str, Any], headers: list | None = None
-) -> None:
-    payload = json.dumps(body).encode("utf-8")
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode("ascii")),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
 
 
 class HttpGuard:
@@ -76,24 +60,17 @@ class HttpGuard:
             await self.app(scope, receive, send)
             return
         if self.api_key is not None and not self._authorized(scope):
-            await _send_json(
+            await self._reject(
+                scope,
                 send,
-                401,
-                {"error": "missing or wrong API key: send 'Authorization: Bearer <key>'"},
-                [(b"www-authenticate", b"Bearer")],
-            )
-            return
-        if self._multipart_without_boundary(scope):
-            # BentoML 1.4 would fail with KeyError(b"boundary") -> 500 on such a request.
-            await _send_json(
-                send,
-                400,
-                {"error": "multipart/form-data needs a boundary parameter in Content-Type"},
+                ErrorType.UNAUTHORIZED,
+                "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                [("www-authenticate", "Bearer")],
             )
             return
         length = self._content_length(scope)
         if length is not None and length > self.max_body_bytes:
-            await _send_json(send, 413, self._too_large_body(length))
+            await self._reject(scope, send, ErrorType.PAYLOAD_TOO_LARGE, self._too_large(length))
             return
         await self._call_counted(scope, receive, send)
 
@@ -110,20 +87,6 @@ class HttpGuard:
         return False
 
     @staticmethod
-    def _multipart_without_boundary(scope: Scope) -> bool:
-        for name, value in scope.get("headers", []):
-            if name == b"content-type":
-                media, _, params = value.decode("latin-1").partition(";")
-                if media.strip().lower() != "multipart/form-data":
-                    return False
-                for param in params.split(";"):
-                    key, _, val = param.partition("=")
-                    if key.strip().lower() == "boundary" and val.strip().strip('"'):
-                        return False
-                return True
-        return False
-
-    @staticmethod
     def _content_length(scope: Scope) -> int | None:
         for name, value in scope.get("headers", []):
             if name == b"content-length":
@@ -133,12 +96,23 @@ class HttpGuard:
                     return None  # the server rejects a malformed header itself
         return None
 
-    def _too_large_body(self, length: int | None) -> dict[str, str]:
+    def _too_large(self, length: int | None) -> str:
         got = f" ({length} bytes)" if length is not None else ""
-        return {
-            "error": f"request body too large{got}: the limit is {self.max_body_bytes} bytes; "
+        return (
+            f"request body too large{got}: the limit is {self.max_body_bytes} bytes; "
             "split the batch or use the compact base64 input forms"
-        }
+        )
+
+    @staticmethod
+    async def _reject(
+        scope: Scope,
+        send: Send,
+        error_type: ErrorType,
+        message: str,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        log.info("%s %s: %s: %s", scope.get("method"), scope.get("path"), error_type, message)
+        await send_error(send, error_type, message, headers or [])
 
     async def _call_counted(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app with a receive() that counts body bytes, whatever Content-Length said.
@@ -160,7 +134,9 @@ class HttpGuard:
                 if received > self.max_body_bytes:
                     rejected = True
                     if not started:
-                        await _send_json(send, 413, self._too_large_body(None))
+                        await self._reject(
+                            scope, send, ErrorType.PAYLOAD_TOO_LARGE, self._too_large(None)
+                        )
                     return {"type": "http.disconnect"}
             return message
 

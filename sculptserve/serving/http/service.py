@@ -2,37 +2,34 @@
 
 Run with ``SCULPT_BUNDLE=BUNDLE_DIR_OR_TAG bentoml serve
 sculptserve.serving.http.service:SculptService`` (or ``sculpt serve``). All logic lives in
-``EmbeddingApp``; this module only translates HTTP: the app returns arrays and this module turns
-them into JSON (lists, base64 PNGs). Settings come from
+``EmbeddingApp``; this package only translates HTTP: the app returns arrays and
+:mod:`~sculptserve.serving.http.api` turns them into JSON (lists, base64 PNGs). This module
+holds the BentoML service: the worker's lifecycle and the wiring. Settings come from
 :func:`sculptserve.serving.settings.load_settings` (the worker's ``__init__`` reads them once and
 passes them down). No torch is imported anywhere on this path.
 
-Routes
-------
-``POST /embed``, ``POST /reconstruct``, ``POST /generate``: JSON in and out (DESIGN.md
-"Interfaces"). ``GET /info`` and ``GET /drift``: BentoML 1.4 registers every ``@bentoml.api``
-as POST only (``_bentoml_impl/server/app.py`` builds ``Route(..., methods=["POST"])``, and
-``bentoml.api`` has no method option), so both are also POST APIs with an empty body (those are
-the ones in ``/docs.json``), and a small Starlette app mounted with ``mount_asgi_app`` answers
-the GET form. BentoML's ``PassiveMount`` only matches paths its own routes match fully, and API
-routes come first, so the mount hides nothing. ``/livez``, ``/readyz``, ``/metrics`` and
-``/docs.json`` are BentoML's.
-
-Errors
-------
-A :class:`~sculptserve.serving.errors.PayloadError` (any client mistake) becomes
-``bentoml.exceptions.InvalidArgument``, which BentoML answers 400 with the message. Note that
-BentoML 1.4 wraps the body in a list: ``[{"error": "..."}]``. Pydantic type errors are 400
-(``{"error": ..., "detail": [...]}``); the body limit (413) and API key (401) answer
-``{"error": ...}`` from :mod:`sculptserve.serving.http.guard`. Anything else is a bug and a 500.
+Routes and errors
+-----------------
+``POST /embed``, ``/reconstruct``, ``/generate``, ``/embed/files`` (multipart images) and
+``GET``/``POST`` ``/info`` and ``/drift`` are answered by :class:`~sculptserve.serving.http.api.
+RestApi`, which :class:`~sculptserve.serving.http.api.RestFront` (an ASGI middleware) puts in
+front of BentoML's router; ``/docs.json`` is its OpenAPI document, generated from the
+bundle's :class:`~sculptserve.serving.http.contract.Contract`. Why BentoML's own handler is not
+used for them is in :mod:`sculptserve.serving.http.api` (parsing on the event loop, type
+coercion, list-wrapped 400s, a traceback per client error). The ``@bentoml.api`` methods below
+remain for BentoML's ``/schema.json`` (``bentoml.SyncHTTPClient`` builds its methods from it)
+and for in-process calls. ``/livez``, ``/readyz`` and ``/metrics`` are BentoML's. Every error
+body is ``{"error": ..., "error_type": ...}``: 400 (invalid JSON or form, schema violation,
+unusable input, float32 overflow), 401 and 413 from :mod:`sculptserve.serving.http.guard`,
+405, 415, and 500 for bugs (logged with the traceback; client errors are one INFO line).
 
 Threads and batching
 --------------------
-BentoML runs a sync API in worker threads behind a capacity limiter of ``threads`` (the
-service config). BentoML's default of 1 serialized every sync request of a worker: a /drift or
-/info probe waited behind every queued /embed, and no two requests could meet in a batch.
-``SCULPT_API_THREADS`` sets it (default :data:`DEFAULT_API_THREADS`; read when this module is
-imported, because BentoML takes its service config from the decorator). With
+Requests run in worker threads behind a capacity limiter of ``SCULPT_API_THREADS`` (default
+:data:`DEFAULT_API_THREADS`), the REST handlers' and BentoML's (``threads`` in the service
+config, read when this module is imported, because BentoML takes it from the decorator).
+BentoML's default of 1 serialized every sync request of a worker: a /drift or /info probe
+waited behind every queued /embed, and no two requests could meet in a batch. With
 ``SCULPT_MICROBATCH=on`` concurrent ``/embed`` requests (REST and gRPC) meet in the app's
 :class:`~sculptserve.serving.batching.MicroBatcher` and share ONNX Runtime calls
 (``SCULPT_MICROBATCH_MAX_ROWS``, ``SCULPT_MICROBATCH_MAX_WAIT_MS``); it is off by default because
@@ -46,10 +43,11 @@ Per-process settings
 ``OPENBLAS_NUM_THREADS=1`` is passed to the workers (BentoML ``envs``; a value already in the
 environment wins): numpy only meets small matrices here (the drift window's scoring), and an
 OpenBLAS pool's threads busy-wait after each call, which took about 2 ms of CPU per request
-from the request threads on a 2-core machine (benchmarks/RESULTS.md). The JSON APIs declare
-their response media type, because BentoML otherwise rebuilds the output's JSON schema on every
-response only to learn that it is ``application/json`` (14% of the worker's sampled Python
-time under load).
+from the request threads on a 2-core machine (benchmarks/RESULTS.md). The ``@bentoml.api``
+methods declare ``application/json`` as their response media type, what the REST handlers
+answer (BentoML's own handler would otherwise rebuild the output's JSON schema on every
+response only to learn that; 14% of the worker's sampled Python time under load, when it
+still served these routes).
 
 Metrics
 -------
@@ -62,22 +60,24 @@ with a ``MultiProcessCollector``, so they appear there beside ``bentoml_service_
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 from typing import Any
 
 import bentoml
 from bentoml.exceptions import InvalidArgument
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
-from sculptserve.serving.core import EmbeddingApp, EmbedResult, GenerateResult, ReconstructResult
+from sculptserve.serving.core import EmbeddingApp
 from sculptserve.serving.errors import PayloadError
 from sculptserve.serving.grpc.thread import GrpcThread
+from sculptserve.serving.http.api import (
+    RestApi,
+    RestFront,
+    embed_body,
+    generate_body,
+    jsonable,
+    reconstruct_body,
+)
 from sculptserve.serving.http.guard import HttpGuard
 from sculptserve.serving.settings import Settings, load_settings
 
@@ -90,25 +90,6 @@ def _worker_label() -> str:
     """BentoML's worker index for this process ("0" outside a BentoML server)."""
     index = bentoml.server_context.worker_index
     return str(index if index is not None else 0)
-
-
-# --- arrays -> JSON (the REST form of the app's results) -----------------------------------
-
-
-def embed_body(result: EmbedResult) -> dict[str, Any]:
-    return {"embeddings": result.embeddings.tolist(), "encoding": result.encoding}
-
-
-def reconstruct_body(result: ReconstructResult) -> dict[str, Any]:
-    return {"outputs": result.outputs.tolist()}
-
-
-def generate_body(result: GenerateResult) -> dict[str, Any]:
-    if result.png is not None:
-        samples: list[Any] = [base64.b64encode(png).decode("ascii") for png in result.png]
-    else:
-        samples = result.samples.tolist()
-    return {"latents": result.latents.tolist(), "seed": result.seed, "samples": samples}
 
 
 def _single_process_metrics() -> None:
@@ -140,12 +121,15 @@ class SculptService:
     def __init__(self) -> None:
         self._app: EmbeddingApp | None = None
         self._grpc: GrpcThread | None = None
+        self.rest: RestApi | None = None
         _single_process_metrics()
         settings = load_settings()  # every SCULPT_* variable, read and validated once
         # The bundle (SCULPT_BUNDLE: a folder or a BentoML tag) is verified (hashes, manifest,
         # ONNX graphs); the settings give the runtime, limits, micro-batcher and drift switch.
         self._app = EmbeddingApp.from_settings(settings, metric_labels={"worker": _worker_label()})
         log.info("bundle %s loaded", self._app.bundle.path)
+        # The REST routes' handlers and their contract (request models, /docs.json).
+        self.rest = RestApi(self._app, threads=settings.api_threads, auth=bool(settings.api_key))
         # `sculpt serve` sets SCULPT_GRPC_PORT: gRPC then runs in this process beside HTTP and
         # shares this app (runtime, validation, drift window, metrics) and its API key.
         if settings.grpc_port is not None:
@@ -174,11 +158,14 @@ class SculptService:
         if self._app is not None:
             self._app.close()
 
+    # The BentoML APIs: BentoML's /schema.json and in-process calls. Over HTTP these routes
+    # are answered by RestApi (see the module docstring), with the same results.
+
     @bentoml.api
     def embed(self, inputs: list, encoding: str = "float32") -> dict[str, Any]:
         """Inputs -> embeddings; `encoding`: float32, float16, uint8 or int8."""
         try:
-            return embed_body(self.app.embed(inputs, encoding))
+            return jsonable(embed_body(self.app.embed(inputs, encoding)))
         except PayloadError as exc:
             raise InvalidArgument(str(exc)) from None
 
@@ -186,7 +173,7 @@ class SculptService:
     def reconstruct(self, inputs: list) -> dict[str, Any]:
         """Inputs -> decoder(encoder(inputs)), in model space."""
         try:
-            return reconstruct_body(self.app.reconstruct(inputs))
+            return jsonable(reconstruct_body(self.app.reconstruct(inputs)))
         except PayloadError as exc:
             raise InvalidArgument(str(exc)) from None
 
@@ -201,7 +188,7 @@ class SculptService:
         """`n` decoded prior samples, deterministic for `seed`; `fixed`: {dim: value};
         `output`: array or png (image models)."""
         try:
-            return generate_body(self.app.generate(n, seed, fixed, output))
+            return jsonable(generate_body(self.app.generate(n, seed, fixed, output)))
         except PayloadError as exc:
             raise InvalidArgument(str(exc)) from None
 
@@ -216,55 +203,19 @@ class SculptService:
         return self.app.drift()
 
 
-def _current() -> SculptService:
-    return bentoml.get_current_service()
-
-
-async def _get_info(_: Request) -> JSONResponse:
-    return JSONResponse(_current().app.info())
-
-
-async def _get_drift(_: Request) -> JSONResponse:
-    return JSONResponse(_current().app.drift())
-
-
-async def _embed_files(request: Request) -> JSONResponse:
-    """POST /embed/files: multipart/form-data with image files in `files` (PNG/JPEG) and an
-    optional `encoding` field. A Starlette route rather than a typed BentoML API: BentoML's
-    multipart handling answered some malformed forms with a 500 (found by fuzzing)."""
+def _current_rest_api() -> RestApi | None:
+    """The REST API of this worker's service instance (None until it is constructed)."""
     try:
-        form = await request.form()
-    except Exception as exc:  # malformed multipart: the client's to fix
-        return JSONResponse({"error": f"could not parse the multipart form: {exc}"}, 400)
-    files = [f for f in form.getlist("files") if hasattr(f, "read")]
-    if not files:
-        return JSONResponse({"error": "send image files in the multipart field 'files'"}, 400)
-    encoding = form.get("encoding", "float32")
-    if not isinstance(encoding, str):
-        return JSONResponse({"error": "the field 'encoding' must be text"}, 400)
-    items = [await f.read() for f in files]
-    try:
-        # In a worker thread like the BentoML APIs: decoding and the model call (or waiting
-        # for a shared batch) must not block the event loop.
-        result = await run_in_threadpool(_current().app.embed, items, encoding)
-        return JSONResponse(embed_body(result))
-    except PayloadError as exc:
-        return JSONResponse({"error": str(exc)}, 400)
+        service = bentoml.get_current_service()
+    except Exception:  # BentoML raises when no instance is set yet
+        return None
+    return getattr(service, "rest", None)
 
 
-# GET forms of /info and /drift, and multipart image upload (see the docstrings for why these
-# are a mount).
-_get_routes = Starlette(
-    routes=[
-        Route("/info", _get_info, methods=["GET"]),
-        Route("/drift", _get_drift, methods=["GET"]),
-        Route("/embed/files", _embed_files, methods=["POST"]),
-    ]
-)
-SculptService.mount_asgi_app(_get_routes, path="/", name="sculpt-get")
-# Every API answers JSON; saying so spares BentoML a JSON-schema build per response (see the
-# module docstring). BentoML itself sets media_type this way for streaming APIs.
+# The BentoML APIs declare the media type the REST handlers answer (see the module docstring).
 for _method in SculptService.apis.values():
     if _method.output_spec.media_type is None:
         _method.output_spec.media_type = "application/json"
+# Outermost first: the API key and body limit, then the REST routes, then BentoML's router.
 SculptService.add_asgi_middleware(HttpGuard)
+SculptService.add_asgi_middleware(RestFront, rest_api=_current_rest_api)
