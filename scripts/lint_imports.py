@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
         layout = installed_layout(Path(tmp))
         env = {**os.environ, "PYTHONPATH": str(layout)}
         # cwd: the layout, so the repository's own sculptserve/ is not found first
-        command = [exe, "--config", str(REPO / "pyproject.toml"), *argv]
+        command = [exe, *argv, str(REPO / "pyproject.toml")]
         return subprocess.run(command, cwd=layout, env=env).returncode
 
 
