@@ -79,6 +79,8 @@ from sculptserve.serving.core import EmbeddingApp, EmbedResult, GenerateResult, 
 from sculptserve.serving.errors import PayloadError
 from sculptserve.serving.grpc.thread import GrpcThread
 from sculptserve.serving.http.guard import HttpGuard
+from sculptserve.serving.http.shutdown import Drain, DrainingMiddleware
+from sculptserve.serving.http.timeouts import BodyTimeout, install_header_timeout
 from sculptserve.serving.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,7 @@ class SculptService:
     def __init__(self) -> None:
         self._app: EmbeddingApp | None = None
         self._grpc: GrpcThread | None = None
+        self._drain: Drain | None = None
         _single_process_metrics()
         settings = load_settings()  # every SCULPT_* variable, read and validated once
         # The bundle (SCULPT_BUNDLE: a folder or a BentoML tag) is verified (hashes, manifest,
@@ -153,6 +156,16 @@ class SculptService:
                 self._app, settings.grpc_port, settings.grpc_host, api_key=settings.api_key
             )
             log.info("gRPC listening on %s:%s", settings.grpc_host, self._grpc.port)
+        # In a uvicorn worker (`bentoml serve`): SIGTERM drains (readiness first, see
+        # sculptserve.serving.http.shutdown) and slow clients' headers get a deadline.
+        self._drain = Drain(
+            delay_s=settings.shutdown_delay_s,
+            grace_s=settings.shutdown_grace_s,
+            on_start=self._grpc.begin_drain if self._grpc else None,
+            on_stop=self._grpc.stop if self._grpc else None,
+        )
+        self._drain.install()
+        install_header_timeout(settings.http_header_timeout_s)
 
     @property
     def app(self) -> EmbeddingApp:
@@ -161,8 +174,10 @@ class SculptService:
         return self._app
 
     def __is_ready__(self) -> bool:
-        """Ready once the bundle is loaded and verified and the drift worker (and batcher) run;
-        gRPC health follows the same :meth:`EmbeddingApp.ready`."""
+        """Ready once the bundle is loaded and verified and the drift worker (and batcher) run,
+        until a shutdown drain begins; gRPC health follows the same."""
+        if self._drain is not None and self._drain.draining:
+            return False
         return self._app is not None and self._app.ready()
 
     @bentoml.on_shutdown
@@ -267,4 +282,7 @@ SculptService.mount_asgi_app(_get_routes, path="/", name="sculpt-get")
 for _method in SculptService.apis.values():
     if _method.output_spec.media_type is None:
         _method.output_spec.media_type = "application/json"
+# Outermost of ours: `Connection: close` while draining, then the body-read deadline.
+SculptService.add_asgi_middleware(DrainingMiddleware)
+SculptService.add_asgi_middleware(BodyTimeout)
 SculptService.add_asgi_middleware(HttpGuard)
