@@ -34,6 +34,8 @@ from test_deploy_support import (
     validate,
 )
 
+from sculptserve.serving.grpc.server import STOP_REFUSE_MAX_S
+from sculptserve.serving.http.shutdown import worst_case_shutdown_s
 from sculptserve.serving.runtime import PROVIDER_ALIASES
 from sculptserve.serving.settings import RENAMED, Settings, load_settings
 
@@ -176,6 +178,27 @@ def test_security_context(overlay: str) -> None:
     assert Path("/tmp") in writable  # tempfiles, BentoML's IPC sockets, upload spooling
     # ...and must not hide the Bento inside the image (BENTO_PATH=/home/bentoml/bento).
     assert not any(Path("/home/bentoml/bento").is_relative_to(m) for m in writable)
+
+
+@pytest.mark.parametrize("overlay", SERVICE_OVERLAYS)
+def test_termination_grace_covers_the_prestop_sleep_and_the_drain(overlay: str) -> None:
+    """The kubelet kills the pod terminationGracePeriodSeconds after it starts stopping it,
+    preStop hook included: that must cover the preStop sleep plus the worker's longest
+    shutdown with the drain settings the pod sets (or their defaults)."""
+    deployment = find(render(overlay), "Deployment", "sculpt")
+    c = container(deployment)
+    pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pre_stop >= 3  # endpoint updates take seconds to reach kube-proxy and balancers
+    values = {name: e["value"] for name, e in env_of(c).items() if "value" in e}
+    settings = load_settings(values)
+    assert Settings.variable("shutdown_delay_s") in values  # the numbers are in the manifest
+    assert Settings.variable("shutdown_grace_s") in values
+    worker = worst_case_shutdown_s(
+        settings.shutdown_delay_s, settings.shutdown_grace_s, beside_s=STOP_REFUSE_MAX_S
+    )
+    assert pod_spec(deployment)["terminationGracePeriodSeconds"] >= pre_stop + worker
+    # and not so much more that a stuck pod lingers for minutes
+    assert pod_spec(deployment)["terminationGracePeriodSeconds"] <= pre_stop + worker + 30
 
 
 @pytest.mark.parametrize("overlay", SERVICE_OVERLAYS)

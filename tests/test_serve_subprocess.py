@@ -29,6 +29,8 @@ from sculptserve.bundle.schema import SIGNATURE
 from sculptserve.serving.grpc import sculpt_pb2 as pb
 from sculptserve.serving.grpc import sculpt_pb2_grpc as rpc
 
+SLOW_CLIENT_TIMEOUT_S = 1.0
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -50,7 +52,14 @@ def server(tmp_path_factory):
         "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml")),
         "BENTOML_DO_NOT_TRACK": "1",
         "SCULPT_BATCH": "on",  # the batched path end to end, REST and gRPC together
+        # slow clients are cut off after a second (test_slow_clients_are_cut_off_...)
+        "SCULPT_HTTP_HEADER_TIMEOUT_S": str(SLOW_CLIENT_TIMEOUT_S),
+        "SCULPT_HTTP_BODY_TIMEOUT_S": str(SLOW_CLIENT_TIMEOUT_S),
+        "SCULPT_SHUTDOWN_DELAY_S": "0.5",  # the teardown's Ctrl-C drains briefly
     }
+    # A file, not a pipe nobody reads: BentoML logs every request.
+    log = tmp_path_factory.mktemp("log") / "serve.log"
+    out = log.open("wb")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -68,9 +77,8 @@ def server(tmp_path_factory):
             str(root / "key.pub.pem"),
         ],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=out,
         stderr=subprocess.STDOUT,
-        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -83,11 +91,12 @@ def server(tmp_path_factory):
         except Exception:  # not listening yet
             time.sleep(0.5)
     if proc.poll() is not None or client is None:
-        pytest.fail(f"sculpt serve did not start:\n{proc.stdout.read()}")
+        pytest.fail(f"sculpt serve did not start:\n{log.read_text()}")
     yield proc, client, grpc_port
     client.close()
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=60)
+    out.close()
 
 
 def test_the_pin_and_the_verify_key_reach_the_workers(server):
@@ -160,3 +169,42 @@ def test_concurrent_rest_and_grpc_embeds_share_the_batcher(server):
 def test_server_stops_cleanly_on_ctrl_c(server):
     proc, _, _ = server
     assert proc.poll() is None  # still up after the other test's traffic
+
+
+@pytest.mark.parametrize(
+    ("what", "head"),
+    [
+        ("headers", b"POST /embed HTTP/1.1\r\nhost: x\r\n"),
+        ("body", b"POST /embed HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{"),
+    ],
+)
+def test_slow_clients_are_cut_off_while_others_are_served(server, what: str, head: bytes) -> None:
+    """Issue 13, finding 6: a connection trickling its headers or its body is answered 408
+    and closed after SCULPT_HTTP_HEADER_TIMEOUT_S / SCULPT_HTTP_BODY_TIMEOUT_S (1 s here),
+    while a normal client is served meanwhile. (The same in detail: tests/test_slow_clients.py.)"""
+    _, client, _ = server
+    port = int(client.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as slow:
+        began = time.monotonic()
+        slow.sendall(head)
+        slow.settimeout(0.25)
+        received = b""
+        served = 0
+        while time.monotonic() - began < SLOW_CLIENT_TIMEOUT_S + 3:
+            try:
+                slow.sendall(b" " if what == "body" else b"x-pad: 1\r\n")
+                chunk = slow.recv(4096)
+            except TimeoutError:  # still open: keep trickling, and serve a normal client
+                x = np.zeros((1, 1, 4, 4), np.float32)
+                assert len(client.embed(inputs=x.tolist())["embeddings"]) == 1
+                served += 1
+                continue
+            except OSError:  # reset after the 408 (unread trickle in the server's buffer)
+                break
+            received += chunk
+            if not chunk or b"\r\n\r\n" in received:
+                break
+        took = time.monotonic() - began
+    assert received.startswith(b"HTTP/1.1 408 "), received[:100]
+    assert SLOW_CLIENT_TIMEOUT_S <= took < SLOW_CLIENT_TIMEOUT_S + 2.0
+    assert served >= 1

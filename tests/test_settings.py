@@ -39,8 +39,13 @@ BEFORE = {
     "SCULPT_GRPC_HOST", "SCULPT_ORT_THREADS", "SCULPT_ORT_PROVIDERS", "SCULPT_MAX_BATCH",
     "SCULPT_ORT_SPINNING", "SCULPT_BATCH", "SCULPT_BATCH_MAX_SIZE", "SCULPT_BATCH_MAX_LATENCY_MS",
 }  # fmt: skip
-# Added since, by topic: bundle trust and payload costs (issue 13); none replaces an old one.
-ADDED = {"SCULPT_BUNDLE_DIGEST", "SCULPT_BUNDLE_VERIFY_KEY", "SCULPT_GRPC_RESPONSE_MAX_BYTES"}
+# Added since, by topic (issue 13): bundle trust, payload costs, the shutdown drain and the
+# slow-client timeouts; none replaces an old one.
+ADDED = {
+    "SCULPT_BUNDLE_DIGEST", "SCULPT_BUNDLE_VERIFY_KEY", "SCULPT_GRPC_RESPONSE_MAX_BYTES",
+    "SCULPT_SHUTDOWN_DELAY_S", "SCULPT_SHUTDOWN_GRACE_S", "SCULPT_HTTP_HEADER_TIMEOUT_S",
+    "SCULPT_HTTP_BODY_TIMEOUT_S",
+}  # fmt: skip
 
 
 def _modules() -> list[Path]:
@@ -69,7 +74,7 @@ def test_no_module_but_settings_reads_sculpt_variables() -> None:
 
 
 def test_every_variable_is_defined_once_and_listed() -> None:
-    assert len(VARIABLES) == len(set(VARIABLES)) == 19
+    assert len(VARIABLES) == len(set(VARIABLES)) == 23
     # every variable the service read before is still read: by its name or as a deprecated
     # alias of its new name
     assert {RENAMED.get(name, name) for name in BEFORE} | ADDED == set(VARIABLES)

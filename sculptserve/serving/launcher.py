@@ -8,15 +8,25 @@ thread (:class:`~sculptserve.serving.grpc.thread.GrpcThread`) beside the HTTP ap
 :class:`~sculptserve.serving.core.EmbeddingApp` — so REST and gRPC traffic go through the same ONNX
 sessions, validation and drift window, and show in the same /metrics. `bentoml serve
 sculptserve.serving.http.service:SculptService` without SCULPT_GRPC_PORT serves HTTP alone.
+
+Stopping: SIGTERM or Ctrl-C goes to BentoML's arbiter, which passes one SIGTERM to its worker;
+the worker drains (:mod:`sculptserve.serving.http.shutdown`: not ready at once, serves on for
+SCULPT_SHUTDOWN_DELAY_S, then finishes in-flight requests within SCULPT_SHUTDOWN_GRACE_S).
+The arbiter passes on no second signal, and its workers run in sessions of their own (a
+terminal's Ctrl-C does not reach them), so a second Ctrl-C is sent to the workers from here:
+they stop at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 from typing import Any
+
+import psutil
 
 from sculptserve.serving.settings import load_settings
 
@@ -46,6 +56,14 @@ gRPC on port {grpc_port} (health, reflection, sculpt.v1.Sculpt):
 from sculptserve.serving.grpc import sculpt_pb2 as pb, sculpt_pb2_grpc as rpc; \\
 print(rpc.SculptStub(grpc.insecure_channel("localhost:{grpc_port}")).GetDrift(pb.GetDriftRequest()).state)'
 """
+
+
+def interrupt_workers(arbiter_pid: int) -> None:
+    """SIGINT to every process under the arbiter: BentoML's workers end their drain now."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for process in psutil.Process(arbiter_pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(signal.SIGINT)
 
 
 def bentoml_serve_command(port: int, host: str) -> list[str]:
@@ -97,9 +115,14 @@ def run_serve(
     )
     print(example_calls(port, grpc_port, manifest.input.modality, manifest.input.shape))
     child = subprocess.Popen(command, env=env)
+    stopping = False
 
     def forward(signum: int, frame: Any) -> None:
+        nonlocal stopping
         child.send_signal(signum)
+        if stopping and signum == signal.SIGINT:  # Ctrl-C after a first stop signal
+            interrupt_workers(child.pid)
+        stopping = True
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -212,6 +212,41 @@ class Settings(BaseSettings):
         "fits a default gRPC client's 4 MiB receive limit. Raise it only with clients that "
         "raise theirs (`grpc.max_receive_message_length`).",
     )
+    # --- shutdown drain and slow HTTP clients (issue 13, findings 5 and 6) -------------------
+    shutdown_delay_s: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="On SIGTERM (or Ctrl-C): seconds the service goes on accepting and serving "
+        "new requests while /readyz answers 503 and gRPC health NOT_SERVING, so balancers and "
+        "clients move away before its ports close (Kubernetes: after the preStop sleep).",
+    )
+    shutdown_grace_s: float = Field(
+        20.0,
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="Then the ports stop accepting, and in-flight or queued HTTP requests and "
+        "gRPC calls get this many seconds to finish before they are cut off.",
+    )
+    http_header_timeout_s: float = Field(
+        10.0,
+        ge=0.1,
+        le=3600,
+        allow_inf_nan=False,
+        description="Seconds a client may take to send a request's headers (from the "
+        "connection's opening, or the request's first byte on a kept-alive one); slower "
+        "connections get 408 and are closed.",
+    )
+    http_body_timeout_s: float = Field(
+        30.0,
+        ge=0.1,
+        le=3600,
+        allow_inf_nan=False,
+        description="Seconds the service waits, in all, for a request's body to arrive; a "
+        "slower client gets 408 and its connection is closed.",
+    )
 
     # which variable supplied each field read from the environment (an old name, if so)
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)

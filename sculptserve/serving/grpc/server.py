@@ -13,7 +13,8 @@ Lifecycle (one for the standalone server and the in-worker
 task that keeps ``grpc.health.v1`` in step with :meth:`EmbeddingApp.ready` (the check REST's /readyz
 uses: NOT_SERVING while it would fail, SERVING while it passes; a ``Check`` also refreshes it);
 :func:`stop_server` first flips health to NOT_SERVING for good (``enter_graceful_shutdown``), so
-balancers stop sending, then stops accepting calls and gives the in-flight ones a grace period to
+balancers stop sending, then answers new calls UNAVAILABLE itself until they stop coming (see
+:class:`_ShutdownGate`), then stops accepting calls and gives the in-flight ones a grace period to
 finish.
 
 Errors: a :class:`~sculptserve.serving.errors.PayloadError` is ``INVALID_ARGUMENT`` with its
@@ -41,6 +42,7 @@ import logging
 import math
 import signal
 import sys
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -75,6 +77,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 50051
 READINESS_INTERVAL_S = 1.0  # how often a running server re-reads the app's readiness
+# stop_server's refusal phase: over once no call came for QUIET_S, or after MAX_S at most
+STOP_QUIET_S = 0.5
+STOP_REFUSE_MAX_S = 3.0
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Sculpt"].full_name  # "sculpt.v1.Sculpt"
 _PROTECTED_PREFIX = f"/{SERVICE_NAME}/"
 _INTERNAL_MESSAGE = "internal server error; the server log has the details"
@@ -345,6 +350,56 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         await context.abort(code, message)
 
 
+# --- shutdown gate -------------------------------------------------------------------------------
+
+
+class _ShutdownGate(grpc.aio.ServerInterceptor):
+    """Once closed, answers every `sculpt.v1.Sculpt` call UNAVAILABLE itself.
+
+    grpc's own shutdown (``server.stop``) cancels the calls that have reached the server but
+    that its event loop has not picked up yet: under load their clients got CANCELLED, which
+    does not say whether the call ran. :func:`stop_server` closes this gate first: new calls
+    then get a deliberate UNAVAILABLE (safe to retry elsewhere) until none has come for a
+    moment (:meth:`wait_quiet`), and only then does grpc's shutdown run. Health and reflection
+    pass (health says NOT_SERVING by then).
+    """
+
+    def __init__(self) -> None:
+        self._closed = False
+        self._last_refused = 0.0
+        self._refuse = grpc.unary_unary_rpc_method_handler(self._unavailable)
+
+    def close(self) -> None:
+        self._closed = True
+        self._last_refused = time.monotonic()
+
+    async def wait_quiet(self, quiet_s: float, max_s: float) -> None:
+        """Until no call was refused for ``quiet_s`` seconds (``max_s`` at most)."""
+        deadline = time.monotonic() + max_s
+        while (now := time.monotonic()) < deadline:
+            left = self._last_refused + quiet_s - now
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, deadline - now))
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method or ""
+        if not self._closed or not method.startswith(_PROTECTED_PREFIX):
+            return await continuation(handler_call_details)
+        self._last_refused = time.monotonic()
+        return self._refuse  # every Sculpt RPC is unary-unary, so one handler fits all
+
+    @staticmethod
+    async def _unavailable(request: bytes, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica"
+        )
+
+
 # --- server ------------------------------------------------------------------------------------
 
 
@@ -398,6 +453,7 @@ class _Bound:
     port: int
     address: str
     health: _HealthServicer
+    gate: _ShutdownGate
     watcher: asyncio.Task[None] | None = field(default=None)
 
 
@@ -419,7 +475,10 @@ def build_server(
     with :func:`start_server` and stop it with :func:`stop_server` for health to follow
     readiness and the graceful shutdown.
     """
-    interceptors = [ApiKeyInterceptor(api_key)] if api_key else []
+    gate = _ShutdownGate()
+    interceptors: list[grpc.aio.ServerInterceptor] = [gate]
+    if api_key:
+        interceptors.append(ApiKeyInterceptor(api_key))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -439,7 +498,9 @@ def build_server(
     bound = server.add_insecure_port(address)
     if bound == 0:  # grpc returns 0 instead of raising when it cannot bind
         raise OSError(f"cannot bind the gRPC server to {address}")
-    _BOUND[server] = _Bound(port=bound, address=address.rsplit(":", 1)[0], health=health_servicer)
+    _BOUND[server] = _Bound(
+        port=bound, address=address.rsplit(":", 1)[0], health=health_servicer, gate=gate
+    )
     return server
 
 
@@ -473,14 +534,17 @@ async def start_server(
 
 async def stop_server(server: grpc.aio.Server, grace_s: float | None = 5.0) -> None:
     """The graceful shutdown: health turns NOT_SERVING for good first (balancers and probes
-    stop sending), then the server refuses new calls and in-flight ones get ``grace_s``
-    seconds to finish before they are cancelled."""
+    stop sending); new calls are answered UNAVAILABLE until they stop coming (at most
+    :data:`STOP_REFUSE_MAX_S`); then the server refuses new calls and in-flight ones get
+    ``grace_s`` seconds to finish before they are cancelled."""
     bound = _BOUND[server]
     await bound.health.enter_graceful_shutdown()
     if bound.watcher is not None:
         bound.watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await bound.watcher
+    bound.gate.close()
+    await bound.gate.wait_quiet(STOP_QUIET_S, STOP_REFUSE_MAX_S)
     await server.stop(grace_s)
 
 

@@ -15,11 +15,16 @@ from typing import Any
 
 from sculptserve.serving.grpc.server import (
     READINESS_INTERVAL_S,
+    STOP_REFUSE_MAX_S,
     bound_port,
     build_server,
+    health_servicer,
     start_server,
     stop_server,
 )
+
+# the longest begin_drain() waits for the server's loop to flip health
+_HEALTH_FLIP_TIMEOUT_S = 5.0
 
 
 class GrpcThread:
@@ -29,7 +34,9 @@ class GrpcThread:
     (:func:`sculptserve.serving.grpc.server.start_server` and
     :func:`~sculptserve.serving.grpc.server.stop_server`): health follows the app's readiness while
     it runs; :meth:`stop` flips health to NOT_SERVING first, then drains in-flight calls within the
-    grace period. ``api_key``: see :func:`~sculptserve.serving.grpc.server.build_server`.
+    grace period. The HTTP worker's shutdown drain (:mod:`sculptserve.serving.http.shutdown`)
+    calls :meth:`begin_drain` first, on SIGTERM, and :meth:`stop` once HTTP stops accepting too.
+    ``api_key``: see :func:`~sculptserve.serving.grpc.server.build_server`.
     """
 
     def __init__(
@@ -44,6 +51,8 @@ class GrpcThread:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._stop_lock = threading.Lock()
+        self._stop_grace: float | None = None  # the grace of the stop under way
         self.port = port
         interval = READINESS_INTERVAL_S if readiness_interval_s is None else readiness_interval_s
 
@@ -70,13 +79,26 @@ class GrpcThread:
         if self._error is not None:
             raise RuntimeError(f"gRPC server could not start on port {port}: {self._error}")
 
-    def stop(self, grace: float = 2.0) -> None:
-        """Health NOT_SERVING, then stop accepting calls and give in-flight ones ``grace``
-        seconds; end the thread."""
+    def begin_drain(self) -> None:
+        """Health NOT_SERVING now and for good (Check and Watch), while calls are still
+        served: clients that watch health move away before :meth:`stop` refuses calls."""
         if not self._thread.is_alive():
             return
-        # The coroutine is created on the server's own loop: grpc.aio binds to the running loop.
-        self._loop.call_soon_threadsafe(
-            lambda: self._loop.create_task(stop_server(self._server, grace))
-        )
-        self._thread.join(timeout=grace + 5)
+        flip = health_servicer(self._server).enter_graceful_shutdown()
+        asyncio.run_coroutine_threadsafe(flip, self._loop).result(_HEALTH_FLIP_TIMEOUT_S)
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Health NOT_SERVING, then stop accepting calls and give in-flight ones ``grace``
+        seconds; end the thread. A second call (the drain, then the service's shutdown hook)
+        waits for the first one's stop, with the first one's grace."""
+        with self._stop_lock:
+            if not self._thread.is_alive():
+                return
+            if self._stop_grace is None:
+                self._stop_grace = grace
+                # The coroutine is created on the server's own loop: grpc.aio binds to the
+                # running loop.
+                self._loop.call_soon_threadsafe(
+                    lambda: self._loop.create_task(stop_server(self._server, grace))
+                )
+        self._thread.join(timeout=STOP_REFUSE_MAX_S + self._stop_grace + 5)

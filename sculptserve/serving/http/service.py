@@ -79,6 +79,8 @@ from sculptserve.serving.http.api import (
     reconstruct_body,
 )
 from sculptserve.serving.http.guard import HttpGuard
+from sculptserve.serving.http.shutdown import Drain, DrainingMiddleware
+from sculptserve.serving.http.timeouts import BodyTimeout, install_header_timeout
 from sculptserve.serving.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,7 @@ class SculptService:
         self._app: EmbeddingApp | None = None
         self._grpc: GrpcThread | None = None
         self.rest: RestApi | None = None
+        self._drain: Drain | None = None
         _single_process_metrics()
         settings = load_settings()  # every SCULPT_* variable, read and validated once
         # The bundle (SCULPT_BUNDLE: a folder or a BentoML tag) is verified (hashes, manifest,
@@ -137,6 +140,16 @@ class SculptService:
                 self._app, settings.grpc_port, settings.grpc_host, api_key=settings.api_key
             )
             log.info("gRPC listening on %s:%s", settings.grpc_host, self._grpc.port)
+        # In a uvicorn worker (`bentoml serve`): SIGTERM drains (readiness first, see
+        # sculptserve.serving.http.shutdown) and slow clients' headers get a deadline.
+        self._drain = Drain(
+            delay_s=settings.shutdown_delay_s,
+            grace_s=settings.shutdown_grace_s,
+            on_start=self._grpc.begin_drain if self._grpc else None,
+            on_stop=self._grpc.stop if self._grpc else None,
+        )
+        self._drain.install()
+        install_header_timeout(settings.http_header_timeout_s)
 
     @property
     def app(self) -> EmbeddingApp:
@@ -145,8 +158,10 @@ class SculptService:
         return self._app
 
     def __is_ready__(self) -> bool:
-        """Ready once the bundle is loaded and verified and the drift worker (and batcher) run;
-        gRPC health follows the same :meth:`EmbeddingApp.ready`."""
+        """Ready once the bundle is loaded and verified and the drift worker (and batcher) run,
+        until a shutdown drain begins; gRPC health follows the same."""
+        if self._drain is not None and self._drain.draining:
+            return False
         return self._app is not None and self._app.ready()
 
     @bentoml.on_shutdown
@@ -216,6 +231,9 @@ def _current_rest_api() -> RestApi | None:
 for _method in SculptService.apis.values():
     if _method.output_spec.media_type is None:
         _method.output_spec.media_type = "application/json"
-# Outermost first: the API key and body limit, then the REST routes, then BentoML's router.
+# Outermost first: `Connection: close` while draining, the body-read deadline, the API key
+# and body limit, then the REST routes, then BentoML's router.
+SculptService.add_asgi_middleware(DrainingMiddleware)
+SculptService.add_asgi_middleware(BodyTimeout)
 SculptService.add_asgi_middleware(HttpGuard)
 SculptService.add_asgi_middleware(RestFront, rest_api=_current_rest_api)
