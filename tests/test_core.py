@@ -113,3 +113,65 @@ def test_generate_non_finite_without_fixed_values_is_a_server_error(bundle, monk
     with pytest.raises(RuntimeError, match="decoder is broken") as info:
         app.generate(2, seed=5)
     assert not isinstance(info.value, PayloadError)
+
+
+def test_a_batch_array_embeds_like_the_same_items(bundle):
+    """The binary transports' path: a (B, C, H, W) array of raw values gives the embeddings
+    of the same values sent as nested lists (the manifest's normalization applied once)."""
+    app = EmbeddingApp(bundle, metrics_registry=CollectorRegistry(), background_drift=False)
+    raw = np.random.default_rng(0).uniform(0, 255, (5, 1, 4, 4))
+    from_items = app.embed(raw.tolist()).embeddings
+    for dtype in (np.float32, np.float64, np.uint8):
+        batch = raw.astype(dtype)
+        expected = from_items if dtype != np.uint8 else app.embed(batch.tolist()).embeddings
+        np.testing.assert_allclose(app.embed(batch).embeddings, expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        app.reconstruct(raw.astype(np.float32)).outputs,
+        app.reconstruct(raw.tolist()).outputs,
+        atol=1e-6,
+    )
+    assert app.drift()["embeddings_seen"] == 5 * 5  # 5 embed calls of 5 rows: all observed
+
+
+def test_identity_normalization_takes_a_float32_batch_without_a_copy(tmp_path):
+    from sculptserve.serving.inputs import decode_batch, is_identity
+
+    app = EmbeddingApp(load_bundle(make_bundle(tmp_path / "t", input_shape=(6,))))
+    assert is_identity(app.spec)
+    batch = np.random.default_rng(1).normal(size=(3, 6)).astype(np.float32)
+    assert decode_batch(batch, app.spec, max_items=8) is batch
+    np.testing.assert_allclose(
+        app.embed(batch).embeddings, app.embed(batch.tolist()).embeddings, atol=1e-6
+    )
+    app.close()
+
+
+@pytest.mark.parametrize(
+    ("batch", "message"),
+    [
+        (np.zeros((2, 1, 4, 5), np.float32), r"shape \[2, 1, 4, 5\], expected \(B, 1, 4, 4\)"),
+        (np.zeros((1, 4, 4), np.float32), "one example without a batch axis"),
+        (np.zeros((0, 1, 4, 4), np.float32), "batch is empty"),
+        (np.full((2, 1, 4, 4), np.nan, np.float32), "item 0: holds NaN"),
+        (np.zeros((2, 1, 4, 4), bool), "real numbers"),
+        (np.zeros((9, 1, 4, 4), np.float32), "too many items: 9, at most 8"),
+    ],
+)
+def test_a_bad_batch_array_is_a_client_error(bundle, batch, message):
+    app = EmbeddingApp(bundle, limits=ServiceLimits(max_items=8), drift_enabled=False)
+    with pytest.raises(PayloadError, match=message):
+        app.embed(batch)
+
+
+def test_decode_takes_latents_to_outputs(bundle):
+    app = EmbeddingApp(bundle, limits=ServiceLimits(max_items=8), drift_enabled=False)
+    z = app.embed(np.zeros((2, 1, 4, 4), np.float32)).embeddings
+    np.testing.assert_allclose(
+        app.decode(z).outputs,
+        app.reconstruct(np.zeros((2, 1, 4, 4), np.float32)).outputs,
+        atol=1e-6,
+    )
+    with pytest.raises(PayloadError, match=r"latents has shape \[2, 4\], expected \(B, 3\)"):
+        app.decode(np.zeros((2, 4), np.float32))
+    with pytest.raises(PayloadError, match="too many items"):
+        app.decode(np.zeros((9, 3), np.float32))

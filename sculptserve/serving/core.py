@@ -25,7 +25,12 @@ from sculptserve.serving.batching import BatchConfig, MicroBatcher
 from sculptserve.serving.drift import DriftConfig, DriftMonitor
 from sculptserve.serving.encodings import ENCODINGS, encode_embeddings, get_encoding, images_to_png
 from sculptserve.serving.errors import PayloadError
-from sculptserve.serving.inputs import decode_inputs, parse_fixed_dims
+from sculptserve.serving.inputs import (
+    check_model_input,
+    decode_batch,
+    decode_inputs,
+    parse_fixed_dims,
+)
 from sculptserve.serving.runtime import EmbeddingRuntime, RuntimeConfig
 
 if TYPE_CHECKING:
@@ -235,7 +240,23 @@ class EmbeddingApp:
         return EmbedResult(encode_embeddings(z, self.prior, encoding), encoding)
 
     def _decode(self, inputs: Any) -> np.ndarray:
+        """Request items (lists, base64, raw) or a whole batch array (binary transports)."""
+        if isinstance(inputs, np.ndarray):
+            return decode_batch(inputs, self.spec, max_items=self.limits.max_items)
         return decode_inputs(inputs, self.spec, max_items=self.limits.max_items)
+
+    def decode(self, latents: np.ndarray) -> ReconstructResult:
+        """Latents ``(B, latent_dim)`` -> decoder outputs in model space (the decoder model of
+        the Open Inference Protocol; generation from the prior is :meth:`generate`)."""
+        z = check_model_input(latents, (self.runtime.latent_dim,), what="latents")
+        if len(z) > self.limits.max_items:
+            raise PayloadError(
+                f"too many items: {len(z)}, at most {self.limits.max_items} per request; "
+                "split the batch"
+            )
+        outputs = self.runtime.decode(z)
+        check_finite(outputs, "outputs", cause="the latents", advice="keep latents near the prior")
+        return ReconstructResult(outputs)
 
     def reconstruct(self, inputs: Any) -> ReconstructResult:
         """Inputs -> decoder(encoder(inputs)), in model space."""
