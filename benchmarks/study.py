@@ -113,7 +113,8 @@ SIZES = {
 METHODS: dict[str, dict[str, Any]] = {
     "mmd-rbf": {"objective": "mmd", "kernel": "rbf"},
     "mmd-imq": {"objective": "mmd", "kernel": "imq"},
-    # the stronger objective of benchmarks/objective_study.md, beside the paper's
+    # the stronger objective of benchmarks/objective_study.md, beside the paper's (weight 1:
+    # the default when the --standard study ran; `sculpt train`'s default is 2 since)
     "mmd-imq-indep": {"objective": "mmd", "kernel": "imq", "independence": 1.0},
     "ae": {"objective": "ae"},
     "vae": {"objective": "vae"},

@@ -15,7 +15,7 @@ bash scripts/setup.sh
 run=${RUN:-runs/main-$(date +%Y%m%d-%H%M%S)}
 prior='gaussian'
 echo "==> training an mmd autoencoder on shapes into $run"
-sculpt train --data shapes --image-size 32 --objective mmd --kernel imq --independence 1 \
+sculpt train --data shapes --image-size 32 --objective mmd --kernel imq --independence 2 \
     --prior "$prior" --latent-dim 5 --width 16 --batch-size 256 --lr 1e-3 \
     --max-steps "${STEPS:-3600}" --out "$run"
 

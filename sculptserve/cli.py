@@ -251,7 +251,7 @@ def subsample(arr: np.ndarray, max_rows: int, rng: np.random.Generator) -> np.nd
 @click.option(
     "--independence",
     type=float,
-    default=1.0,
+    default=2.0,
     show_default=True,
     help="mmd: weight (relative to --lambda) of MMD^2 between the latents and the latents with "
     "every column shuffled on its own; it sees only dependence between dimensions. 0 is the "

@@ -387,5 +387,5 @@ def test_a_config_written_before_the_independence_term_resumes_as_it_trained():
     legacy = TrainConfig(out="x").to_dict()
     del legacy["independence"]
     assert TrainConfig.from_dict(legacy).independence == 0.0
-    assert TrainConfig(out="x").independence == 1.0  # today's default for new runs
-    assert TrainConfig.from_dict(TrainConfig(out="x").to_dict()).independence == 1.0
+    assert TrainConfig(out="x").independence == 2.0  # today's default for new runs
+    assert TrainConfig.from_dict(TrainConfig(out="x").to_dict()).independence == 2.0
