@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bundle_factory import edit_manifest, make_bundle, read_manifest, rehash
+from cli_subprocess import run_cli
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 
@@ -74,16 +75,6 @@ def error_of(source: Path | str, **kwargs) -> str:
     message = str(info.value)
     assert "\n" not in message  # one readable line
     return message
-
-
-def run_cli(*args: object, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sculptserve.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
 
 
 # --- the digest --------------------------------------------------------------------------------

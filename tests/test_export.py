@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from cli_subprocess import run_cli
 from click.testing import CliRunner
 
 from sculptserve.bundle.load import BundleError, load_bundle
@@ -32,16 +33,6 @@ def shapes_run(tiny_shapes_run) -> Path:
 @pytest.fixture(scope="module")
 def shapes_bundle(shapes_run, tmp_path_factory) -> Path:
     return export_run(shapes_run, tmp_path_factory.mktemp("bundles") / "b", FAST)
-
-
-def run_cli(*args: object, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sculptserve.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
 
 
 def test_bundle_contents_and_manifest(shapes_bundle, shapes_run):
