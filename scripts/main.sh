@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the built-in default data (`shapes`, procedural dSprites-like images):
-# train a small MMD-sculpted autoencoder on the CPU (about 6 minutes on 2 cores; the size and
+# train a small MMD-sculpted autoencoder on the CPU (4 to 6.5 minutes on 2 cores; the size and
 # objective come from benchmarks/objective_study.md: 32x32, d = 5, imq kernel, the explicit
 # independence term on), score its held-out latents with `sculpt eval` (LPS, fit to the prior,
 # supervised disentanglement),
