@@ -33,11 +33,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sculptserve import __version__
 from sculptserve.serving.errors import PayloadError
 
 if TYPE_CHECKING:
@@ -355,4 +355,10 @@ class OipModels:
 def server_metadata(extensions: Sequence[str]) -> dict[str, Any]:
     """The server metadata response; ``extensions``: the transport's protocol extensions
     (REST: ``binary_tensor_data``)."""
-    return {"name": SERVER_NAME, "version": __version__, "extensions": list(extensions)}
+    # from the distribution, not `sculptserve.__version__`: the serving side does not import
+    # the root package (tests/test_architecture.py)
+    try:
+        version = metadata.version("sculptserve")
+    except metadata.PackageNotFoundError:  # a source tree that is not installed
+        version = "0.0.0+unknown"
+    return {"name": SERVER_NAME, "version": version, "extensions": list(extensions)}
