@@ -2,13 +2,18 @@
 
     python benchmarks/serve.py --bundle BUNDLE_DIR [--items 8 64] [--concurrency 1 16 64]
         [--seconds 8] [--repeats 3] [--batching on off] [--drift on off] [--client auto]
+        [--path embed-json embed-npy oip-binary]
 
 Starts one `bentoml serve sculptserve.serving.http.service:SculptService` (HTTP only, one
 worker) per configuration: cross-request batching on/off (SCULPT_MICROBATCH) x drift monitor on/off
-(SCULPT_DRIFT). Each cell sends /embed requests of ``--items`` inputs (the compact
-raw-float32 form) at a fixed concurrency for ``--seconds``; cells are interleaved across
-configurations and repeated ``--repeats`` times, and the tables show medians of the repeats
-(the machine may be shared: the load average is printed with the results).
+(SCULPT_DRIFT). Each cell sends embedding requests of ``--items`` inputs at a fixed
+concurrency for ``--seconds``, in one of the ``--path`` forms (:data:`PATHS`): ``embed-json``
+(/embed, the compact raw-float32 JSON items; the default), ``embed-npy`` (/embed with an
+``application/x-npy`` body and answer: the binary fast path) or ``oip-binary`` (the Open
+Inference Protocol's infer with the binary tensor data extension, binary output); cells are
+interleaved across configurations and paths and repeated ``--repeats`` times, and the tables
+show medians of the repeats (the machine may be shared: the load average is printed with the
+results). Timings are only worth reading from an idle machine.
 
 Load generator: ``wrk`` (C, one thread, a Lua script posting a fixed body) when it is on
 PATH, so the client takes little of the CPU the server needs; otherwise an httpx asyncio
@@ -31,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
+import itertools
 import json
 import os
 import random
@@ -53,17 +60,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
 
 from sculptserve.bundle.load import load_bundle
+from sculptserve.bundle.schema import Manifest
+from sculptserve.serving.http.npy import NPY
+from sculptserve.serving.http.oip import HEADER_LENGTH
 from sculptserve.serving.inputs import raw_items
 from sculptserve.serving.launcher import bentoml_serve_command
 from sculptserve.serving.runtime import EmbeddingRuntime
 
-# wrk's Lua hooks: post the body in $WRK_BODY; print one JSON line with the counts.
+# wrk's Lua hooks: post the body in $WRK_BODY with the headers in $WRK_HEADERS (one
+# "Name: value" a line); print one JSON line with the counts.
 WRK_SCRIPT = r"""
 local f = assert(io.open(os.getenv("WRK_BODY"), "rb"))
 wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
-wrk.headers["Content-Type"] = "application/json"
+for name, value in string.gmatch(os.getenv("WRK_HEADERS"), "([^:\n]+): ([^\n]+)") do
+  wrk.headers[name] = value
+end
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -73,6 +86,53 @@ function done(summary, latency, requests)
     latency:percentile(50), latency:percentile(99)))
 end
 """
+
+
+# --- the request forms --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prepared request: its route, body and headers."""
+
+    route: str
+    body: bytes
+    headers: dict[str, str]
+
+
+def _embed_json(manifest: Manifest, x: np.ndarray) -> Request:
+    body = json.dumps({"inputs": raw_items(x), "encoding": "float32"}).encode()
+    return Request("/embed", body, {"Content-Type": "application/json"})
+
+
+def _embed_npy(manifest: Manifest, x: np.ndarray) -> Request:
+    buf = io.BytesIO()
+    np.save(buf, x)
+    return Request("/embed", buf.getvalue(), {"Content-Type": NPY, "Accept": NPY})
+
+
+def _oip_binary(manifest: Manifest, x: np.ndarray) -> Request:
+    graph = manifest.onnx.encoder
+    tensor = {"name": graph.input_name, "shape": list(x.shape), "datatype": "FP32"}
+    header = json.dumps(
+        {
+            "inputs": [{**tensor, "parameters": {"binary_data_size": x.nbytes}}],
+            "outputs": [{"name": graph.output_name, "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    return Request(
+        f"/v2/models/{manifest.name}/infer",
+        header + np.ascontiguousarray(x, dtype="<f4").tobytes(),
+        {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))},
+    )
+
+
+# --path name -> the request of a batch
+PATHS: dict[str, Callable[[Manifest, np.ndarray], Request]] = {
+    "embed-json": _embed_json,
+    "embed-npy": _embed_npy,
+    "oip-binary": _oip_binary,
+}
 
 
 @dataclass(frozen=True)
@@ -178,11 +238,22 @@ class Server:
 # --- load generators -----------------------------------------------------------------------
 
 
-def wrk_load(url: str, body_file: Path, script: Path, concurrency: int, seconds: float) -> dict:
+def wrk_load(
+    url: str,
+    body_file: Path,
+    headers: dict[str, str],
+    script: Path,
+    concurrency: int,
+    seconds: float,
+) -> dict:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "60s",
          "-s", str(script), url],
-        env={**os.environ, "WRK_BODY": str(body_file)},
+        env={
+            **os.environ,
+            "WRK_BODY": str(body_file),
+            "WRK_HEADERS": "".join(f"{k}: {v}\n" for k, v in headers.items()),
+        },
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     line = next(x for x in out.splitlines() if x.startswith("RESULT "))
@@ -197,11 +268,12 @@ def wrk_load(url: str, body_file: Path, script: Path, concurrency: int, seconds:
     }
 
 
-async def _httpx_load(url: str, body: bytes, concurrency: int, seconds: float) -> list[float]:
+async def _httpx_load(
+    url: str, body: bytes, headers: dict[str, str], concurrency: int, seconds: float
+) -> list[float]:
     latencies: list[float] = []
     stop = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=concurrency)
-    headers = {"content-type": "application/json"}
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
 
         async def worker() -> None:
@@ -215,9 +287,12 @@ async def _httpx_load(url: str, body: bytes, concurrency: int, seconds: float) -
     return latencies
 
 
-def httpx_load(url: str, body_file: Path, concurrency: int, seconds: float) -> dict:
+def httpx_load(
+    url: str, body_file: Path, headers: dict[str, str], concurrency: int, seconds: float
+) -> dict:
     t0 = time.perf_counter()
-    lat = np.array(asyncio.run(_httpx_load(url, body_file.read_bytes(), concurrency, seconds)))
+    body = body_file.read_bytes()
+    lat = np.array(asyncio.run(_httpx_load(url, body, headers, concurrency, seconds)))
     return {
         "requests": len(lat),
         "seconds": time.perf_counter() - t0,
@@ -269,20 +344,22 @@ def print_effect(
     other: str,
     args: argparse.Namespace,
     metrics: tuple[str, ...],
-    pair: Callable[[bool, int, int], tuple[dict[str, float], dict[str, float]]],
+    pair: Callable[[str, bool, int, int], tuple[dict[str, float], dict[str, float]]],
     others: list[bool],
 ) -> None:
     """A markdown table of relative changes (on vs off) of ``metrics`` for every cell;
-    ``pair(other_setting, items, concurrency)`` gives the (on, off) medians."""
+    ``pair(path, other_setting, items, concurrency)`` gives the (on, off) medians."""
     print(f"\n{title} (on vs off, medians):\n")
-    print(f"| items | conc | {other} | " + " | ".join(EFFECT_COLUMNS[m] for m in metrics) + " |")
-    print("|---|---|---|" + "---|" * len(metrics))
-    for n in args.items:
-        for c in args.concurrency:
-            for setting in others:
-                on, off = pair(setting, n, c)
-                changes = " | ".join(f"{100 * (on[m] / off[m] - 1):+.1f}%" for m in metrics)
-                print(f"| {n} | {c} | {'on' if setting else 'off'} | {changes} |")
+    columns = " | ".join(EFFECT_COLUMNS[m] for m in metrics)
+    print(f"| path | items | conc | {other} | {columns} |")
+    print("|---|---|---|---|" + "---|" * len(metrics))
+    for path in args.path:
+        for n in args.items:
+            for c in args.concurrency:
+                for setting in others:
+                    on, off = pair(path, setting, n, c)
+                    changes = " | ".join(f"{100 * (on[m] / off[m] - 1):+.1f}%" for m in metrics)
+                    print(f"| {path} | {n} | {c} | {'on' if setting else 'off'} | {changes} |")
 
 
 def main() -> None:
@@ -295,6 +372,9 @@ def main() -> None:
     parser.add_argument("--batching", nargs="+", choices=["on", "off"], default=["on", "off"])
     parser.add_argument("--drift", nargs="+", choices=["on", "off"], default=["on", "off"])
     parser.add_argument("--client", choices=["auto", "wrk", "httpx"], default="auto")
+    parser.add_argument(
+        "--path", nargs="+", choices=list(PATHS), default=["embed-json"], help="request forms"
+    )
     args = parser.parse_args()
 
     client = args.client
@@ -313,34 +393,40 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="sculpt-serve-bench-"))
     script = tmp / "post.lua"
     script.write_text(WRK_SCRIPT)
-    bodies: dict[int, Path] = {}
+    requests: dict[tuple[str, int], tuple[Request, Path]] = {}
     batches: dict[int, np.ndarray] = {}
     for n in args.items:
         batches[n] = np.random.default_rng(n).random((n, *shape), dtype=np.float32)
-        bodies[n] = tmp / f"body{n}.json"
-        bodies[n].write_text(json.dumps({"inputs": raw_items(batches[n]), "encoding": "float32"}))
+        for path in args.path:
+            request = PATHS[path](bundle.manifest, batches[n])
+            body = tmp / f"{path}-{n}.body"
+            body.write_bytes(request.body)
+            requests[(path, n)] = (request, body)
 
-    def load(url: str, n: int, c: int, seconds: float) -> dict:
+    def load(server: Server, path: str, n: int, c: int, seconds: float) -> dict:
+        request, body = requests[(path, n)]
+        url = server.base + request.route
         if client == "wrk":
-            return wrk_load(url, bodies[n], script, c, seconds)
-        return httpx_load(url, bodies[n], c, seconds)
+            return wrk_load(url, body, request.headers, script, c, seconds)
+        return httpx_load(url, body, request.headers, c, seconds)
 
     servers = [Server(args.bundle, b, d) for b in on_off(args.batching) for d in on_off(args.drift)]
-    cells: dict[tuple[bool, bool, int, int], list[Cell]] = {}
+    cells: dict[tuple[str, bool, bool, int, int], list[Cell]] = {}
     raw: dict[tuple[int, int], list[tuple[float, float]]] = {}
     try:
         for s in servers:
-            load(f"{s.base}/embed", args.items[0], 4, 2.0)  # warm-up
+            for path in args.path:
+                load(s, path, args.items[0], 4, 2.0)  # warm-up
         for rep in range(args.repeats):
             for n in args.items:
                 for c in args.concurrency:
                     # a new order for every cell group, so no configuration always runs
                     # first or after the same neighbour
-                    order = list(servers)
+                    order = [(s, path) for s in servers for path in args.path]
                     random.Random(f"{rep}-{n}-{c}").shuffle(order)
-                    for s in order:
+                    for s, path in order:
                         b0, cpu0 = s.batch_counts(), s.cpu_seconds()
-                        r = load(f"{s.base}/embed", n, c, args.seconds)
+                        r = load(s, path, n, c, args.seconds)
                         cpu1 = s.cpu_seconds()  # over the client's window only
                         s.wait_idle()  # in-flight requests must not load the next cell
                         b1 = s.batch_counts()
@@ -351,7 +437,7 @@ def main() -> None:
                             r["requests"], r["seconds"], r["p50_s"], r["p99_s"], cpu1 - cpu0,
                             per_call, os.getloadavg()[0],
                         )  # fmt: skip
-                        cells.setdefault((s.batching, s.drift, n, c), []).append(cell)
+                        cells.setdefault((path, s.batching, s.drift, n, c), []).append(cell)
                     raw.setdefault((n, c), []).append(
                         raw_ort(runtime, batches[n], min(c, cpus), args.seconds / 2)
                     )
@@ -384,44 +470,44 @@ def main() -> None:
         + "\n"
     )
     print(
-        "| items | conc | batching | drift | req/s | emb/s | p50 ms | p99 ms | server CPU ms/req "
-        "| rows/ORT call | raw ORT emb/s | ratio | best-raw ratio | CPU efficiency |"
+        "| path | items | conc | batching | drift | req/s | emb/s | p50 ms | p99 ms "
+        "| server CPU ms/req | rows/ORT call | raw ORT emb/s | ratio | best-raw ratio "
+        "| CPU efficiency |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    summary: dict[tuple[bool, bool, int, int], dict[str, float]] = {}
-    for n in args.items:
-        for c in args.concurrency:
-            raw_eps = float(med([r[0] for r in raw[(n, c)]]))
-            for b in on_off(args.batching):
-                for d in on_off(args.drift):
-                    cs = cells[(b, d, n, c)]
-                    rps = float(med([x.rps for x in cs]))
-                    row = {
-                        "rps": rps,
-                        "p50": float(med([x.p50_s for x in cs])),
-                        "p99": float(med([x.p99_s for x in cs])),
-                        "cpu": float(med([x.cpu_s / max(x.requests, 1) for x in cs])),
-                    }
-                    summary[(b, d, n, c)] = row
-                    per_call = [x.rows_per_call for x in cs if x.rows_per_call is not None]
-                    rows = f"{med(per_call):.1f}" if per_call else "-"
-                    print(
-                        f"| {n} | {c} | {'on' if b else 'off'} | {'on' if d else 'off'} "
-                        f"| {rps:.1f} | {rps * n:.0f} | {row['p50'] * 1e3:.1f} "
-                        f"| {row['p99'] * 1e3:.1f} | {row['cpu'] * 1e3:.2f} | {rows} "
-                        f"| {raw_eps:.0f} | {rps * n / raw_eps:.2f} "
-                        f"| {rps * n / best_raw[n]:.2f} | {raw_cpu[n] * n / row['cpu']:.2f} |"
-                    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    summary: dict[tuple[str, bool, bool, int, int], dict[str, float]] = {}
+    for path, n, c, b, d in itertools.product(
+        args.path, args.items, args.concurrency, on_off(args.batching), on_off(args.drift)
+    ):
+        raw_eps = float(med([r[0] for r in raw[(n, c)]]))
+        cs = cells[(path, b, d, n, c)]
+        rps = float(med([x.rps for x in cs]))
+        row = {
+            "rps": rps,
+            "p50": float(med([x.p50_s for x in cs])),
+            "p99": float(med([x.p99_s for x in cs])),
+            "cpu": float(med([x.cpu_s / max(x.requests, 1) for x in cs])),
+        }
+        summary[(path, b, d, n, c)] = row
+        per_call = [x.rows_per_call for x in cs if x.rows_per_call is not None]
+        rows = f"{med(per_call):.1f}" if per_call else "-"
+        print(
+            f"| {path} | {n} | {c} | {'on' if b else 'off'} | {'on' if d else 'off'} "
+            f"| {rps:.1f} | {rps * n:.0f} | {row['p50'] * 1e3:.1f} "
+            f"| {row['p99'] * 1e3:.1f} | {row['cpu'] * 1e3:.2f} | {rows} "
+            f"| {raw_eps:.0f} | {rps * n / raw_eps:.2f} "
+            f"| {rps * n / best_raw[n]:.2f} | {raw_cpu[n] * n / row['cpu']:.2f} |"
+        )
     if len(args.drift) == 2:
         print_effect(
             "Drift monitor cost", "batching", args, ("p50", "rps", "cpu"),
-            lambda b, n, c: (summary[(b, True, n, c)], summary[(b, False, n, c)]),
+            lambda p, b, n, c: (summary[(p, b, True, n, c)], summary[(p, b, False, n, c)]),
             on_off(args.batching),
         )  # fmt: skip
     if len(args.batching) == 2:
         print_effect(
             "Batching effect", "drift", args, ("rps", "p50", "cpu"),
-            lambda d, n, c: (summary[(True, d, n, c)], summary[(False, d, n, c)]),
+            lambda p, d, n, c: (summary[(p, True, d, n, c)], summary[(p, False, d, n, c)]),
             on_off(args.drift),
         )  # fmt: skip
 

@@ -81,6 +81,7 @@ ERROR_TYPES = {
     "validation_error",
     "invalid_input",
     "unauthorized",
+    "not_found",
     "method_not_allowed",
     "payload_too_large",
     "unsupported_media_type",

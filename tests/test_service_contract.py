@@ -33,6 +33,7 @@ from test_service import ERROR_TYPES, LATENT, _client, _error, _inputs
 
 from sculptserve.serving.core import EmbeddingApp
 from sculptserve.serving.http.errors import ErrorType
+from sculptserve.serving.http.guard import OPEN_PATHS
 
 MAX_BODY = 8 * 2**20  # SCULPT_REQUEST_MAX_BYTES's default
 
@@ -308,9 +309,13 @@ def test_docs_json_states_the_key_when_one_is_set(
     with _client(monkeypatch, bundle_dir, SCULPT_API_KEY="k") as c:
         spec = c.get("/docs.json").json()  # open: no key needed
     assert spec["components"]["securitySchemes"] == {"bearer": {"type": "http", "scheme": "bearer"}}
-    for methods in spec["paths"].values():
+    for path, methods in spec["paths"].items():
         for op in methods.values():
-            assert op["security"] == [{"bearer": []}] and "401" in op["responses"]
+            if path in OPEN_PATHS:  # the protocol's health routes are probes: open, and say so
+                assert op["security"] == [] and "401" not in op["responses"], path
+            else:
+                assert op["security"] == [{"bearer": []}] and "401" in op["responses"], path
+    assert {"/v2/health/live", "/v2/health/ready"} <= set(spec["paths"]) & OPEN_PATHS
 
 
 def test_tabular_bundle_schema(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -80,6 +80,12 @@ def _image_bytes(draw: st.DrawFn, fmt: str | None = None) -> bytes:
     return buf.getvalue()
 
 
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
 _finite_f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 schemathesis.openapi.format(
     "image-base64", _image_bytes().map(lambda b: base64.b64encode(b).decode("ascii"))
@@ -91,6 +97,15 @@ schemathesis.openapi.format(
     ),
 )
 schemathesis.openapi.media_type("image/png", _image_bytes("PNG"))
+# /embed's .npy bodies: a batch of 1 to 4 finite float32 examples of the model's shape
+schemathesis.openapi.media_type(
+    "application/x-npy",
+    st.integers(1, 4).flatmap(
+        lambda n: st.lists(_finite_f32, min_size=16 * n, max_size=16 * n).map(
+            lambda v: _npy(np.asarray(v, dtype="<f4").reshape(-1, *SHAPE))
+        )
+    ),
+)
 schemathesis.openapi.media_type("image/jpeg", _image_bytes("JPEG"))
 
 APP, schema = _load()

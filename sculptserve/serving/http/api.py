@@ -22,6 +22,12 @@ GIL, and with it the event loop, for long). Client errors are one INFO line each
 logged with its traceback. Every error body is ``{"error": ..., "error_type": ...}``
 (:mod:`sculptserve.serving.http.errors`).
 
+``/embed`` also takes an ``application/x-npy`` body (:mod:`~sculptserve.serving.http.npy`; its
+``encoding`` in the query string) and answers .npy when asked (``Accept: application/x-npy``):
+the binary fast path, an array over the request's bytes with no per-item decoding. The Open
+Inference Protocol's routes (``/v2...``) are :class:`~sculptserve.serving.http.oip.OipRest`'s,
+on the same threads, behind the same guard; /docs.json lists them too.
+
 The ``@bentoml.api`` methods of the service stay: they give BentoML's ``/schema.json`` (which
 ``bentoml.SyncHTTPClient`` reads) and in-process calls; their HTTP routes are answered here.
 """
@@ -29,6 +35,7 @@ The ``@bentoml.api`` methods of the service stay: they give BentoML's ``/schema.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -50,6 +57,8 @@ from sculptserve.serving.core import (
 from sculptserve.serving.errors import PayloadError
 from sculptserve.serving.http.contract import OPERATIONS, Contract
 from sculptserve.serving.http.errors import ApiError, ErrorType, send_error
+from sculptserve.serving.http.npy import NPY, read_npy, write_npy
+from sculptserve.serving.http.oip import OipRest, is_oip_path
 
 __all__ = [
     "ROUTES",
@@ -118,7 +127,6 @@ def jsonable(body: Mapping[str, Any]) -> dict[str, Any]:
 Run = Callable[[EmbeddingApp, Any], dict[str, Any]]
 # operation -> what it does with a validated request
 _RUNS: dict[str, Run] = {
-    "embed": lambda app, req: embed_body(app.embed(req.inputs, req.encoding)),
     "reconstruct": lambda app, req: reconstruct_body(app.reconstruct(req.inputs)),
     "generate": lambda app, req: generate_body(
         app.generate(req.n, req.seed, req.fixed, req.output)
@@ -135,14 +143,36 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").partition(";")[0].strip().lower()
 
 
-def _require_media_type(request: Request, expected: str) -> None:
+def _require_media_type(request: Request, *expected: str) -> str:
     got = _media_type(request)
-    if got != expected:
+    if got not in expected:
         hint = "; image files go to /embed/files" if "multipart" in got else ""
         raise ApiError(
             ErrorType.UNSUPPORTED_MEDIA_TYPE,
-            f"{request.url.path} takes Content-Type {expected}, got {got or 'none'}{hint}",
+            f"{request.url.path} takes Content-Type {' or '.join(expected)}, got "
+            f"{got or 'none'}{hint}",
         )
+    return got
+
+
+def _accepts_npy(request: Request) -> bool:
+    """Whether the client asks for an .npy answer (``Accept: application/x-npy``)."""
+    ranges = request.headers.get("accept", "").split(",")
+    return any(r.partition(";")[0].strip().lower() == NPY for r in ranges)
+
+
+def _query_encoding(request: Request, npy: bool) -> str | None:
+    """An .npy body has no room for options: its ``encoding`` comes in the query string (once);
+    a JSON body has its options in the body and takes no query."""
+    keys = [key for key, _ in request.query_params.multi_items()]
+    allowed = ("encoding",) if npy else ()
+    bad = [key for key in keys if key not in allowed] or keys[1:]
+    if bad:
+        takes = "?encoding= (once)" if npy else "no query: options go in the JSON body"
+        raise ApiError(
+            ErrorType.VALIDATION, f"query parameter {bad[0]!r} not taken; this body takes {takes}"
+        )
+    return request.query_params.get("encoding", "float32") if npy else None
 
 
 async def _part_value(name: str, value: str | UploadFile) -> str | bytes:
@@ -163,14 +193,29 @@ async def _part_value(name: str, value: str | UploadFile) -> str | bytes:
 class RestApi:
     """The REST API of one worker's app: its contract, handlers and thread limit."""
 
-    def __init__(self, app: EmbeddingApp, *, threads: int, auth: bool = False) -> None:
+    def __init__(
+        self,
+        app: EmbeddingApp,
+        *,
+        threads: int,
+        auth: bool = False,
+        ready: Callable[[], bool] | None = None,
+    ) -> None:
+        """``ready``: the service's readiness (the protocol's health routes answer it);
+        default: the app's."""
         self.app = app
         self.contract = Contract(app, auth=auth)
         self.threads = threads
         self._limiter: anyio.CapacityLimiter | None = None  # made on the event loop
-        self._docs = to_json(self.contract.openapi())
+        # The Open Inference Protocol's routes, on the same threads as the sculpt API
+        self.oip = OipRest(app, in_thread=self._in_thread, ready=ready or app.ready)
+        docs = self.contract.openapi()
+        paths, schemas = self.oip.openapi(auth)
+        docs["paths"].update(paths)
+        docs["components"]["schemas"].update(schemas)
+        self._docs = to_json(docs)
         self._handlers: dict[str, Callable[[Request, str], Awaitable[Response]]] = {
-            "embed": self._json,
+            "embed": self._embed,
             "reconstruct": self._json,
             "generate": self._json,
             "embed_files": self._form,
@@ -179,21 +224,29 @@ class RestApi:
             "docs": self._openapi,
         }
 
+    def _route(self, path: str) -> Mapping[str, Callable[[Request], Awaitable[Response]]]:
+        """HTTP method -> handler for a path of :data:`ROUTES` or of the protocol."""
+        names = ROUTES.get(path)
+        if names is None:
+            return self.oip.route(path)
+        return {m: functools.partial(self._handlers[n], name=n) for m, n in names.items()}
+
     async def handle(self, scope: Any, receive: Any, send: Any) -> None:
-        """Answer a request to one of :data:`ROUTES` (405 for another method)."""
+        """Answer a request to one of :data:`ROUTES` or the Open Inference Protocol's
+        (404 for another path under /v2, 405 for another method)."""
         request = Request(scope, receive)
-        methods = ROUTES[scope["path"]]
         method = "GET" if scope["method"] == "HEAD" else scope["method"]
         try:
-            name = methods.get(method)
-            if name is None:
+            methods = self._route(scope["path"])
+            handler = methods.get(method)
+            if handler is None:
                 allowed = ", ".join(sorted({*methods, *(["HEAD"] if "GET" in methods else [])}))
                 raise ApiError(
                     ErrorType.METHOD_NOT_ALLOWED,
                     f"{scope['path']} answers {allowed}, not {scope['method']}",
                     [("allow", allowed)],
                 )
-            response = await self._handlers[name](request, name)
+            response = await handler(request)
         except ClientDisconnect:  # gone, or cut off by the guard's body limit (its 413 is out)
             return
         except ApiError as exc:
@@ -225,6 +278,28 @@ class RestApi:
 
     def _parse_and_run(self, name: str, body: bytes) -> bytes:
         return self._run(name, self.contract.parse_json(name, body))
+
+    async def _embed(self, request: Request, name: str) -> Response:
+        """/embed: a JSON or an .npy body; a JSON or (``Accept: application/x-npy``) an .npy
+        answer."""
+        npy_in = _require_media_type(request, "application/json", NPY) == NPY
+        encoding = _query_encoding(request, npy_in)
+        body = await request.body()
+        return await self._in_thread(self._run_embed, body, encoding, _accepts_npy(request))
+
+    def _run_embed(self, body: bytes, npy_encoding: str | None, npy_out: bool) -> Response:
+        """``npy_encoding``: the query's encoding for an .npy body; None: a JSON body."""
+        try:
+            if npy_encoding is None:
+                request = self.contract.parse_json("embed", body)
+                result = self.app.embed(request.inputs, request.encoding)
+            else:  # the fast path: an array over the body's bytes, no per-item decoding
+                result = self.app.embed(read_npy(body), npy_encoding)
+        except PayloadError as exc:
+            raise ApiError(ErrorType.INVALID_INPUT, str(exc)) from None
+        if npy_out:
+            return Response(write_npy(result.embeddings), media_type=NPY)
+        return Response(dump_json(embed_body(result)), media_type="application/json")
 
     async def _json(self, request: Request, name: str) -> Response:
         _require_media_type(request, "application/json")
@@ -272,7 +347,7 @@ class RestFront:
         self.rest_api = rest_api
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] not in ROUTES:
+        if scope["type"] != "http" or not (scope["path"] in ROUTES or is_oip_path(scope["path"])):
             await self.app(scope, receive, send)
             return
         api = self.rest_api()

@@ -52,6 +52,7 @@ from sculptserve.serving.core import OUTPUT_FORMATS, EmbeddingApp
 from sculptserve.serving.drift import STATES
 from sculptserve.serving.encodings import ENCODINGS
 from sculptserve.serving.http.errors import STATUS, ApiError, ErrorType
+from sculptserve.serving.http.npy import NPY
 from sculptserve.serving.inputs import PIL_MODES, accepted_layouts
 
 __all__ = ["FLOAT32_MAX", "OPERATIONS", "Contract", "Operation", "format_validation_error"]
@@ -300,10 +301,11 @@ class Operation:
     summary: str
     request: str | None  # the media type of the body; None: no body
     response: str  # component name of the 200 body
+    npy: bool = False  # also takes an application/x-npy body and answers one when asked
 
 
 OPERATIONS: tuple[Operation, ...] = (
-    Operation("embed", "/embed", ("POST",), "Inputs -> embeddings", _JSON, "EmbedResponse"),
+    Operation("embed", "/embed", ("POST",), "Inputs -> embeddings", _JSON, "EmbedResponse", True),
     Operation(
         "reconstruct",
         "/reconstruct",
@@ -612,4 +614,27 @@ class Contract:
                 # What each part holds: generators and clients send image files, not any bytes.
                 content["encoding"] = {"files": {"contentType": "image/png, image/jpeg"}}
             out["requestBody"] = {"required": True, "content": {op.request: content}}
+        if op.npy:
+            self._npy(out)
         return out
+
+    def _npy(self, out: dict[str, Any]) -> None:
+        """The .npy forms of an operation: the body, its ``encoding`` query, the answer."""
+        out["requestBody"]["content"][NPY] = {
+            "schema": {
+                "type": "string",
+                "format": "binary",
+                "description": f"an .npy file (numpy.save) of raw values, shape (B, "
+                f"{', '.join(map(str, self.shape))}), a real dtype (float32: no copy); "
+                "object arrays are refused. The embeddings' format goes in the query: "
+                f"?encoding={'|'.join(ENCODINGS)} (default float32)",
+            }
+        }
+        out["responses"]["200"]["content"][NPY] = {
+            "schema": {
+                "type": "string",
+                "format": "binary",
+                "description": "with Accept: application/x-npy: the embeddings as an .npy file "
+                f"(B, {self.latent_dim}), in the encoding's dtype",
+            }
+        }

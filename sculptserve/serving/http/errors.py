@@ -2,7 +2,7 @@
 
 ``error`` is the Open Inference Protocol's key (a one-line message saying what was wrong);
 ``error_type`` is a stable machine-readable code from :class:`ErrorType`, each with one HTTP
-status (:data:`STATUS`). The guard (401, 413), the REST handlers (400, 405, 413, 415, 500, 503)
+status (:data:`STATUS`). The guard (401, 413), the REST handlers (400, 404, 405, 413, 415, 500, 503)
 and the OpenAPI document (:mod:`sculptserve.serving.http.contract`) all take them from here.
 """
 
@@ -29,6 +29,7 @@ class ErrorType(StrEnum):
     # bytes, finite values that overflow float32 in the normalization or the model
     INVALID_INPUT = "invalid_input"
     UNAUTHORIZED = "unauthorized"
+    NOT_FOUND = "not_found"  # an Open Inference Protocol path, model or version that is not here
     METHOD_NOT_ALLOWED = "method_not_allowed"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
@@ -42,6 +43,7 @@ STATUS: dict[ErrorType, int] = {
     ErrorType.VALIDATION: 400,
     ErrorType.INVALID_INPUT: 400,
     ErrorType.UNAUTHORIZED: 401,
+    ErrorType.NOT_FOUND: 404,
     ErrorType.METHOD_NOT_ALLOWED: 405,
     ErrorType.PAYLOAD_TOO_LARGE: 413,
     ErrorType.UNSUPPORTED_MEDIA_TYPE: 415,

@@ -3,8 +3,9 @@
 BentoML 1.4 has neither built in, so both live here, in front of every route
 (``SculptService.add_asgi_middleware(HttpGuard)``):
 
-- **API key** (``SCULPT_API_KEY``): when set, every route except the health, metrics and docs
-  routes needs ``Authorization: Bearer <key>``; otherwise 401 with a JSON reason. The
+- **API key** (``SCULPT_API_KEY``): when set, every route except the health (BentoML's and the
+  Open Inference Protocol's ``/v2/health/*``), metrics and docs routes needs
+  ``Authorization: Bearer <key>``; otherwise 401 with a JSON reason. The
   comparison is constant-time (``hmac.compare_digest``) so response timing leaks nothing.
 - **Body limit** (``SCULPT_REQUEST_MAX_BYTES``, default 8 MiB, see ``ServiceLimits``): a
   ``Content-Length`` over the limit is answered 413 before any byte of the body is read; a body
@@ -35,8 +36,20 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# Probes, scrapes and docs must work without the key (orchestrators and Prometheus have none).
-OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/docs"})
+# Probes, scrapes and docs must work without the key (orchestrators and Prometheus have none);
+# the Open Inference Protocol's health routes are probes too (KServe points its probes there).
+OPEN_PATHS = frozenset(
+    {
+        "/livez",
+        "/readyz",
+        "/healthz",
+        "/metrics",
+        "/docs.json",
+        "/docs",
+        "/v2/health/live",
+        "/v2/health/ready",
+    }
+)
 
 
 class HttpGuard:

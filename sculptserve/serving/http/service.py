@@ -132,7 +132,12 @@ class SculptService:
         self._app = EmbeddingApp.from_settings(settings, metric_labels={"worker": _worker_label()})
         log.info("bundle %s loaded", self._app.bundle.path)
         # The REST routes' handlers and their contract (request models, /docs.json).
-        self.rest = RestApi(self._app, threads=settings.api_threads, auth=bool(settings.api_key))
+        self.rest = RestApi(
+            self._app,
+            threads=settings.api_threads,
+            auth=bool(settings.api_key),
+            ready=self.__is_ready__,  # the protocol's /v2/health/ready, like /readyz
+        )
         # `sculpt serve` sets SCULPT_GRPC_PORT: gRPC then runs in this process beside HTTP and
         # shares this app (runtime, validation, drift window, metrics) and its API key.
         if settings.grpc_port is not None:
