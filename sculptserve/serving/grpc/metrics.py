@@ -45,7 +45,19 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-__all__ = ["BUCKETS", "CODE_NAMES", "GrpcServerMetrics", "MetricsInterceptor"]
+__all__ = [
+    "BUCKETS",
+    "CODE_NAMES",
+    "HANDLED",
+    "HANDLING_SECONDS",
+    "STARTED",
+    "GrpcServerMetrics",
+    "MetricsInterceptor",
+]
+
+STARTED = "grpc_server_started_total"
+HANDLED = "grpc_server_handled_total"
+HANDLING_SECONDS = "grpc_server_handling_seconds"  # a histogram: _bucket, _sum, _count
 
 # Go's codes.Code.String(), the grpc_code values of the convention.
 CODE_NAMES: dict[grpc.StatusCode, str] = {
@@ -99,20 +111,20 @@ def _metrics(registry: CollectorRegistry) -> tuple[Any, Any, Any]:
         if metrics is None:
             metrics = (
                 Counter(
-                    "grpc_server_started_total",
+                    STARTED,
                     "Total number of RPCs started on the server.",
                     _METHOD_LABELS,
                     registry=registry,
                 ),
                 Counter(
-                    "grpc_server_handled_total",
+                    HANDLED,
                     "Total number of RPCs completed on the server, regardless of success or "
                     "failure.",
                     (*_METHOD_LABELS, "grpc_code"),
                     registry=registry,
                 ),
                 Histogram(
-                    "grpc_server_handling_seconds",
+                    HANDLING_SECONDS,
                     "Histogram of response latency (seconds) of gRPC that had been application-"
                     "level handled by the server.",
                     _METHOD_LABELS,
