@@ -15,11 +15,13 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import math
 import select
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,10 @@ from sculptserve.bundle.load import load_bundle
 from sculptserve.serving import oip
 from sculptserve.serving.batching import BatchConfig
 from sculptserve.serving.core import EmbeddingApp, ServiceLimits
+from sculptserve.serving.errors import PayloadError
 from sculptserve.serving.grpc import grpc_predict_v2_pb2 as pb
+from sculptserve.serving.grpc import grpc_predict_v2_pb2_grpc as oip_grpc
+from sculptserve.serving.grpc.errors import RESPONSE_FRAMING_BYTES
 from sculptserve.serving.grpc.thread import GrpcThread
 
 # find_spec, not importorskip: importing tritonclient.grpc here would clash with the server
@@ -358,6 +363,211 @@ def test_bad_tensors_are_invalid_argument(
     assert keyed_app.drift()["embeddings_seen"] == seen  # nothing reached the monitor
     # the server is fine afterwards
     assert triton.result(**infer_request(keyed, inputs(1), headers=AUTH))["arrays"]["z"]
+
+
+@dataclass(frozen=True)
+class Capped:
+    app: EmbeddingApp
+    channel: grpc.Channel
+    url: str
+
+
+@pytest.fixture(scope="module")
+def capped(bundle: Path) -> Iterator[Capped]:
+    """A server whose responses may carry 4 decoded items (64 bytes each) at most."""
+    limit = RESPONSE_FRAMING_BYTES + 4 * 4 * math.prod(SHAPE)
+    app = EmbeddingApp(
+        load_bundle(bundle),
+        limits=ServiceLimits(max_grpc_response_bytes=limit),
+        metrics_registry=CollectorRegistry(),
+        drift_enabled=False,
+    )
+    server = GrpcThread(app, 0)
+    url = f"127.0.0.1:{server.port}"
+    with grpc.insecure_channel(url) as channel:
+        yield Capped(app, channel, url)
+    server.stop()
+    app.close()
+
+
+def test_a_response_over_the_cap_is_refused_before_the_model_runs(
+    triton: Triton, capped: Capped, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, url = capped.app, capped.url
+    z = np.zeros((5, LATENT), np.float32)
+    ran: list[Any] = []
+    with monkeypatch.context() as patch:
+        patch.setattr(app, "decode", ran.append)
+        err = triton.error(**infer_request(url, z, DECODER, name="z"))
+    assert not ran, "the decoder ran"
+    assert err["status"] == "StatusCode.RESOURCE_EXHAUSTED"
+    assert "ModelInfer of 5 inputs" in err["message"] and "at most 4 inputs fit" in err["message"]
+    got = triton.result(**infer_request(url, z[:4], DECODER, name="z"))
+    assert decode(got["arrays"]["x_hat"]).shape == (4, *SHAPE)
+
+
+# --- request forms tritonclient does not send (our own stubs) -----------------------------------
+
+Tensor = pb.ModelInferRequest.InferInputTensor
+
+
+def model_infer(channel: grpc.Channel, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    return oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=TIMEOUT)
+
+
+def test_inputs_in_contents_equal_raw_contents(capped: Capped) -> None:
+    app, channel = capped.app, capped.channel
+    x = inputs(3, seed=5)
+    tensor = Tensor(name="x", datatype="FP32", shape=x.shape)
+    raw = model_infer(
+        channel,
+        pb.ModelInferRequest(model_name=NAME, inputs=[tensor], raw_input_contents=[x.tobytes()]),
+    )
+    tensor.contents.fp32_contents.extend(x.ravel().tolist())
+    typed = model_infer(channel, pb.ModelInferRequest(model_name=NAME, inputs=[tensor]))
+    assert typed.raw_output_contents == raw.raw_output_contents
+    z = np.frombuffer(typed.raw_output_contents[0], "<f4").reshape(3, LATENT)
+    np.testing.assert_array_equal(z, app.embed(list(x)).embeddings)
+
+
+def _request(x: np.ndarray, **fields: Any) -> pb.ModelInferRequest:
+    tensor = Tensor(name="x", datatype="FP32", shape=x.shape)
+    return pb.ModelInferRequest(
+        **{"model_name": NAME, "inputs": [tensor], "raw_input_contents": [x.tobytes()], **fields}
+    )
+
+
+def _with_contents(x: np.ndarray) -> pb.ModelInferRequest:
+    request = _request(x)
+    request.inputs[0].contents.fp32_contents.extend(x.ravel().tolist())
+    return request
+
+
+def _with_parameter(request: pb.ModelInferRequest, key: str, **value: Any) -> pb.ModelInferRequest:
+    request.parameters[key].CopyFrom(pb.InferParameter(**value))
+    return request
+
+
+def _with_output(request: pb.ModelInferRequest, name: str, **parameters: Any):
+    output = request.outputs.add(name=name)
+    for key, value in parameters.items():
+        output.parameters[key].CopyFrom(pb.InferParameter(**value))
+    return request
+
+
+X2 = inputs(2)
+MALFORMED = {
+    # case: (request, a fragment of the message)
+    "no data": (_request(X2, raw_input_contents=[]), "input 'x' carries no data"),
+    "raw and contents": (_with_contents(X2), "set either contents or raw_input_contents"),
+    "raw count": (
+        _request(X2, raw_input_contents=[X2.tobytes(), b""]),
+        "raw_input_contents has 2 entries for 1 inputs",
+    ),
+    "twice": (
+        _request(
+            X2,
+            inputs=[Tensor(name="x", datatype="FP32", shape=X2.shape)] * 2,
+            raw_input_contents=[X2.tobytes()] * 2,
+        ),
+        "input 'x' is given twice",
+    ),
+    "no input": (_request(X2, inputs=[], raw_input_contents=[]), "model 'toy' needs input(s) 'x'"),
+    "contents count": (
+        pb.ModelInferRequest(
+            model_name=NAME,
+            inputs=[
+                Tensor(
+                    name="x",
+                    datatype="FP32",
+                    shape=X2.shape,
+                    contents=pb.InferTensorContents(fp32_contents=[1.0, 2.0]),
+                )
+            ],
+        ),
+        "input 'x' holds 2 values in contents.fp32_contents but shape [2, 1, 4, 4] needs 32",
+    ),
+    "unknown output": (_with_output(_request(X2), "mu"), "model 'toy' has no output 'mu'"),
+    "classification": (
+        _with_output(_request(X2), "z", classification={"int64_param": 2}),
+        "output 'z': parameter 'classification' is not supported",
+    ),
+    "empty parameter": (
+        _with_parameter(_request(X2), "encoding"),
+        "parameter 'encoding' has no value",
+    ),
+    "encoding type": (
+        _with_parameter(_request(X2), "encoding", int64_param=8),
+        "parameter 'encoding' must be a string",
+    ),
+    "decoder encoding": (
+        _with_parameter(
+            pb.ModelInferRequest(
+                model_name=DECODER,
+                inputs=[Tensor(name="z", datatype="FP32", shape=[1, LATENT])],
+                raw_input_contents=[np.zeros((1, LATENT), "<f4").tobytes()],
+            ),
+            "encoding",
+            string_param="uint8",
+        ),
+        "parameter 'encoding' applies to the embedding model, not the decoder",
+    ),
+    "negative dimension": (
+        _request(X2, inputs=[Tensor(name="x", datatype="FP32", shape=[-1, 1, 4, 4])]),
+        "input 'x' has shape [-1, 1, 4, 4]: every dimension must be >= 0",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_malformed_requests_are_invalid_argument(capped: Capped, case: str) -> None:
+    channel = capped.channel
+    request, fragment = MALFORMED[case]
+    with pytest.raises(grpc.RpcError) as err:
+        model_infer(channel, request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert fragment in err.value.details()
+
+
+def test_requested_outputs_and_id_come_back(capped: Capped) -> None:
+    channel = capped.channel
+    reply = model_infer(channel, _with_output(_request(X2, id="abc", model_version="v1"), "z"))
+    assert (reply.model_name, reply.model_version, reply.id) == (NAME, "v1", "abc")
+    assert [(o.name, o.datatype, list(o.shape)) for o in reply.outputs] == [("z", "FP32", [2, 3])]
+    assert len(reply.raw_output_contents) == 1
+
+
+# --- the transport-free module --------------------------------------------------------------
+
+
+def test_oip_module_models_and_tensors(capped: Capped) -> None:
+    app = capped.app
+    assert oip.model_names(app) == (NAME, DECODER)
+    meta = oip.model_metadata(app, DECODER, "v1")
+    assert meta.to_dict()["outputs"] == [
+        {"name": "x_hat", "datatype": "FP32", "shape": [-1, 1, 4, 4]}
+    ]
+    with pytest.raises(oip.ModelNotFound, match="its only version is 'v1'"):
+        oip.model_metadata(app, NAME, "2")
+    # datatypes both ways, little-endian bytes
+    for name, dtype in oip.DATATYPES.items():
+        assert oip.datatype_of(np.zeros(1, dtype)) == name
+        assert oip.datatype_of(np.zeros(1, dtype.newbyteorder(">"))) == name
+    with pytest.raises(ValueError, match="no Open Inference Protocol datatype"):
+        oip.datatype_of(np.zeros(1, np.complex64))
+    big = np.arange(6, dtype=">f4").reshape(2, 3)
+    raw = oip.array_to_bytes(big)
+    assert raw == big.astype("<f4").tobytes()
+    back = oip.array_from_bytes("FP32", [2, 3], raw)
+    np.testing.assert_array_equal(back, big)
+    assert not back.flags.writeable  # a view of the request's bytes, not a copy
+    with pytest.raises(PayloadError, match="datatype 'BYTES' is not supported"):
+        oip.array_from_bytes("BYTES", [1], b"x")
+    # infer checks the arrays it is given, as the transports' tensors are
+    with pytest.raises(PayloadError, match="input 'x' has datatype 'FP64'"):
+        oip.infer(app, NAME, {"x": np.zeros((1, *SHAPE))})
+    out = oip.infer(app, NAME, {"x": inputs(2)}, {"encoding": "uint8"})
+    assert list(out) == ["z"] and out["z"].dtype == np.uint8 and out["z"].shape == (2, LATENT)
 
 
 # --- API key ------------------------------------------------------------------------------------
