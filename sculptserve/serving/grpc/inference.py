@@ -31,7 +31,7 @@ from sculptserve.serving.grpc import grpc_predict_v2_pb2 as pb
 from sculptserve.serving.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from sculptserve.serving.grpc.errors import ResponseBudget, guarded
 
-__all__ = ["SERVICE_NAME", "InferenceServicer"]
+__all__ = ["HEALTH_METHODS", "SERVICE_NAME", "InferenceServicer"]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 # The protocol's health RPCs: open without the API key, and answered while the server drains

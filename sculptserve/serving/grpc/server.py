@@ -74,6 +74,7 @@ from sculptserve.serving.grpc.errors import (
 from sculptserve.serving.grpc.inference import HEALTH_METHODS, InferenceServicer
 from sculptserve.serving.grpc.inference import SERVICE_NAME as INFERENCE_SERVICE_NAME
 from sculptserve.serving.grpc.metrics import GrpcServerMetrics, MetricsInterceptor
+from sculptserve.serving.oip import array_to_bytes
 from sculptserve.serving.settings import load_settings
 
 __all__ = [
@@ -125,9 +126,8 @@ _PNG_ITEM_FRAMING_BYTES = 16  # one `repeated bytes png` entry: tag + length var
 
 def to_tensor(arr: np.ndarray, dtype: str | None = None) -> pb.Tensor:
     """A numpy array as a little-endian row-major Tensor (dtype name defaults to the array's)."""
-    arr = np.ascontiguousarray(arr)
-    little = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-    return pb.Tensor(shape=arr.shape, data=little.tobytes(), dtype=dtype or arr.dtype.name)
+    arr = np.asarray(arr)
+    return pb.Tensor(shape=arr.shape, data=array_to_bytes(arr), dtype=dtype or arr.dtype.name)
 
 
 def _tensor_items(t: pb.Tensor) -> list[np.ndarray]:
