@@ -613,7 +613,8 @@ def serve_command(
     """Serve BUNDLE (a folder or sculpt-NAME[:VERSION]) over REST and gRPC.
 
     REST on --port (/embed, /generate, /reconstruct, /info, /drift, /livez, /readyz, /metrics,
-    /docs.json), gRPC sculpt.v1 on --grpc-port, one runtime and drift monitor for both.
+    /docs.json), gRPC sculpt.v1 and the Open Inference Protocol (inference.GRPCInferenceService)
+    on --grpc-port, one runtime and drift monitor for both.
     The service reads the SCULPT_* variables below (`python -m sculptserve.serving.settings` prints
     what the environment sets now; README.md's Serving section describes each).
     --expect-digest and --verify-key set SCULPT_BUNDLE_DIGEST and SCULPT_BUNDLE_VERIFY_KEY.

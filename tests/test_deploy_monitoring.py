@@ -34,6 +34,7 @@ from test_deploy_support import (
 )
 
 from sculptserve.serving import drift
+from sculptserve.serving.grpc import metrics as grpc_metrics
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -57,6 +58,14 @@ def test_the_issue_s_alerts_exist() -> None:
     assert "sculpt_drift_alert" in alerts["SculptEmbeddingDrift"]
     assert "histogram_quantile(0.99" in alerts["SculptHighLatencyP99"]
     assert 'http_response_code=~"5.."' in alerts["SculptHigh5xxRate"]
+    # gRPC (issue 14): latency and server-side errors of the API services alert too
+    grpc_latency = alerts["SculptGrpcHighLatencyP99"]
+    assert "histogram_quantile(0.99" in grpc_latency
+    assert "grpc_server_handling_seconds_bucket" in grpc_latency
+    grpc_errors = alerts["SculptGrpcHighErrorRate"]
+    assert 'grpc_code=~"Unknown|DeadlineExceeded|Internal|Unavailable|DataLoss"' in grpc_errors
+    for expr in (grpc_latency, grpc_errors):
+        assert 'grpc_service=~"sculpt.v1.Sculpt|inference.GRPCInferenceService"' in expr
 
 
 def test_promtool_checks_the_rules() -> None:
@@ -77,10 +86,21 @@ def test_promtool_rule_unit_tests_pass() -> None:
     assert tested == {name for name, _ in rule_exprs()}, "every alert has a unit test"
 
 
-def test_promtool_rule_unit_tests_can_fail(tmp_path: Path) -> None:
-    """The unit tests are not vacuous: expecting the drift alert for the quiet pod fails."""
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        # expecting the drift alert for the quiet pod
+        ("pod: sculpt-a", "pod: sculpt-b"),
+        # the gRPC error alert must not count client mistakes: as NotFound, the 2% of
+        # Internal calls no longer fire it
+        ('grpc_method="Embed", grpc_code="Internal"', 'grpc_method="Embed", grpc_code="NotFound"'),
+    ],
+)
+def test_promtool_rule_unit_tests_can_fail(tmp_path: Path, old: str, new: str) -> None:
+    """The unit tests are not vacuous: a wrong expectation or a changed input fails them."""
     (tmp_path / RULES_FILE.name).write_text(RULES_FILE.read_text())
-    broken = RULES_TESTS.read_text().replace("pod: sculpt-a", "pod: sculpt-b", 1)
+    assert RULES_TESTS.read_text().count(old) == 1
+    broken = RULES_TESTS.read_text().replace(old, new, 1)
     (tmp_path / RULES_TESTS.name).write_text(broken)
     result = _run(promtool(), "test", "rules", str(tmp_path / RULES_TESTS.name))
     assert result.returncode != 0 and "FAILED" in result.stdout + result.stderr
@@ -99,10 +119,16 @@ def test_promql_name_extraction() -> None:
 
 def test_metric_sample_matches_the_code() -> None:
     """The captured /metrics has exactly the drift monitor's metrics (as drift.py names them)
-    plus BentoML's own."""
+    and the gRPC server's (as grpc/metrics.py names them), plus BentoML's own."""
     names = exported_metric_names()
     sculpt = {n for n in names if n.startswith("sculpt_")}
     assert sculpt == set(drift._GAUGES) | set(drift._COUNTERS)
+    histogram = grpc_metrics.HANDLING_SECONDS
+    assert {n for n in names if n.startswith("grpc_")} == {
+        grpc_metrics.STARTED,
+        grpc_metrics.HANDLED,
+        *(histogram + suffix for suffix in ("_bucket", "_sum", "_count")),
+    }
     assert {
         "bentoml_service_request_total",
         "bentoml_service_request_duration_seconds_bucket",
@@ -141,6 +167,9 @@ def test_dashboard_has_the_panels_the_issue_asks_for() -> None:
     panel_with("sculpt_drift_mmd2{", "sculpt_drift_mmd2_threshold")  # MMD^2 vs threshold
     panel_with("sculpt_drift_lps_linear{", "sculpt_drift_lps_linear_threshold")
     panel_with("sculpt_drift_alert")
+    panel_with("rate(grpc_server_started_total")  # gRPC call rate
+    panel_with("histogram_quantile(0.99,", "grpc_server_handling_seconds_bucket")  # gRPC p99
+    panel_with("grpc_server_handled_total", 'grpc_code!="OK"')  # gRPC errors by code
     for panel in panels:
         assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
         pos = panel["gridPos"]

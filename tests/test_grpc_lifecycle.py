@@ -23,6 +23,8 @@ from prometheus_client import CollectorRegistry
 
 from sculptserve.bundle.load import load_bundle
 from sculptserve.serving.core import EmbeddingApp
+from sculptserve.serving.grpc import grpc_predict_v2_pb2 as oip_pb
+from sculptserve.serving.grpc import grpc_predict_v2_pb2_grpc as oip_grpc
 from sculptserve.serving.grpc import sculpt_pb2 as pb
 from sculptserve.serving.grpc import sculpt_pb2_grpc as pb_grpc
 from sculptserve.serving.grpc.server import serve
@@ -158,6 +160,46 @@ def test_health_returns_to_serving_when_ready_again(
         assert check(ch) == NOT_SERVING
         ready[0] = True
         assert check(ch) == SERVING
+    finally:
+        server.stop()
+        app.close()
+
+
+def test_oip_readiness_follows_the_app_and_the_drain(
+    bundle_path: Path, channel_to, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Open Inference Protocol's ServerReady / ModelReady say what grpc.health.v1 says:
+    false while the app is not ready and once a drain began; ServerLive stays true and
+    inference is still served during the drain (readiness is advice to balancers)."""
+    app = make_app(bundle_path, drift_enabled=False)
+    ready = [True]
+    monkeypatch.setattr(app, "ready", lambda: ready[0])
+    server = InWorker(app)
+    try:
+        stub = oip_grpc.GRPCInferenceServiceStub(channel_to(server.port))
+
+        def readiness() -> tuple[bool, bool, bool]:
+            return (
+                stub.ServerLive(oip_pb.ServerLiveRequest(), timeout=TIMEOUT).live,
+                stub.ServerReady(oip_pb.ServerReadyRequest(), timeout=TIMEOUT).ready,
+                stub.ModelReady(oip_pb.ModelReadyRequest(name="toy"), timeout=TIMEOUT).ready,
+            )
+
+        assert readiness() == (True, True, True)
+        ready[0] = False
+        assert readiness() == (True, False, False)
+        ready[0] = True
+        assert readiness() == (True, True, True)
+        server._grpc.begin_drain()
+        assert readiness() == (True, False, False)
+        assert check(channel_to(server.port), "inference.GRPCInferenceService") == NOT_SERVING
+        x = np.zeros((2, 1, 4, 4), "<f4")
+        tensor = oip_pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=x.shape)
+        request = oip_pb.ModelInferRequest(
+            model_name="toy", inputs=[tensor], raw_input_contents=[x.tobytes()]
+        )
+        reply = stub.ModelInfer(request, timeout=TIMEOUT)
+        assert list(reply.outputs[0].shape) == [2, 3]
     finally:
         server.stop()
         app.close()

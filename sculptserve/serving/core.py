@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import prometheus_client
 
 from sculptserve.bundle.load import Bundle, load_bundle, summarize
 from sculptserve.serving.batching import BatchConfig, MicroBatcher
@@ -162,12 +163,16 @@ class EmbeddingApp:
         self.batch_config = batch_config or BatchConfig()
         self.prior = self.runtime.prior
         self.spec = bundle.manifest.input
+        # Where the app's metrics go: the drift monitor's, and the gRPC server's built on it.
+        self.metrics_registry = (
+            metrics_registry if metrics_registry is not None else prometheus_client.REGISTRY
+        )
         self.monitor = (
             DriftMonitor(
                 bundle.reference(),
                 bundle.manifest.drift,
                 drift_config,
-                registry=metrics_registry,
+                registry=self.metrics_registry,
                 # One label set for every app in a process, so monitors can share a registry.
                 labels=metric_labels or {"worker": "0"},
                 background=background_drift,

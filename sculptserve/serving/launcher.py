@@ -49,9 +49,11 @@ Try it (another terminal):
   curl -s -X POST localhost:{port}/drift -H 'content-type: application/json' -d '{{}}'
   curl -s localhost:{port}/metrics | grep sculpt_
   (inputs: nested lists shaped {shape} ({modality}){png})
-gRPC on port {grpc_port} (health, reflection, sculpt.v1.Sculpt):
+gRPC on port {grpc_port} (health, reflection, sculpt.v1.Sculpt, the Open Inference Protocol's
+inference.GRPCInferenceService: tritonclient.grpc works with it):
   grpcurl -plaintext localhost:{grpc_port} list
   grpcurl -plaintext -d '{{}}' localhost:{grpc_port} sculpt.v1.Sculpt/GetInfo
+  grpcurl -plaintext localhost:{grpc_port} inference.GRPCInferenceService/ServerReady
   python -c 'import grpc; \\
 from sculptserve.serving.grpc import sculpt_pb2 as pb, sculpt_pb2_grpc as rpc; \\
 print(rpc.SculptStub(grpc.insecure_channel("localhost:{grpc_port}")).GetDrift(pb.GetDriftRequest()).state)'

@@ -114,9 +114,10 @@ class Settings(BaseSettings):
         None,
         repr=False,
         description="When set, every REST API route needs `Authorization: Bearer KEY` (401 "
-        "otherwise) and every `sculpt.v1.Sculpt` gRPC call the same metadata "
-        "(UNAUTHENTICATED); health, metrics, docs and reflection stay open. Unset or empty: "
-        "no key.",
+        "otherwise) and every `sculpt.v1.Sculpt` and `inference.GRPCInferenceService` gRPC "
+        "call the same metadata (UNAUTHENTICATED); health (grpc.health.v1 and the inference "
+        "service's ServerLive, ServerReady, ModelReady), metrics, docs and reflection stay "
+        "open. Unset or empty: no key.",
     )
     api_threads: int = Field(
         32,

@@ -1,9 +1,14 @@
-"""The `sculpt.v1.Sculpt` gRPC server: a thin translation layer over :class:`EmbeddingApp`.
+"""The gRPC server: `sculpt.v1.Sculpt` and the Open Inference Protocol over :class:`EmbeddingApp`.
 
 BentoML's new service API has no gRPC, so this is a plain ``grpc.aio`` server run from the same
 :class:`~sculptserve.serving.core.EmbeddingApp` as REST: same runtime, validation, limits, drift
-monitor and metrics. Besides `sculpt.v1.Sculpt` it serves ``grpc.health.v1.Health`` and server
-reflection, both open without the API key (probes and grpcurl need no secret).
+monitor and metrics. On one port it serves `sculpt.v1.Sculpt` (this module's
+:class:`SculptServicer`), ``inference.GRPCInferenceService`` (the Open Inference Protocol, KServe
+v2: :mod:`sculptserve.serving.grpc.inference`), ``grpc.health.v1.Health`` and server reflection.
+The API key guards `sculpt.v1.Sculpt` and the inference service except its health RPCs
+(ServerLive, ServerReady, ModelReady); those, health and reflection stay open (probes and grpcurl
+need no secret). Every call of every service is counted and timed in the grpc-prometheus
+convention (``grpc_server_*``, :mod:`sculptserve.serving.grpc.metrics`) on the app's registry.
 
 The app returns arrays (:class:`~sculptserve.serving.core.EmbedResult` & co.); this module puts
 them into ``Tensor`` messages (and PNG files into ``bytes``) without a detour through lists.
@@ -17,15 +22,16 @@ balancers stop sending, then answers new calls UNAVAILABLE itself until they sto
 :class:`_ShutdownGate`), then stops accepting calls and gives the in-flight ones a grace period to
 finish.
 
-Errors: a :class:`~sculptserve.serving.errors.PayloadError` is ``INVALID_ARGUMENT`` with its
-message; a message over ``ServiceLimits.max_body_bytes`` is ``RESOURCE_EXHAUSTED`` (gRPC's own
-receive limit); so is a request whose response would exceed
-``ServiceLimits.max_grpc_response_bytes`` (SCULPT_GRPC_RESPONSE_MAX_BYTES, by default under a
-default client's 4 MiB receive limit), refused before the model runs with a message naming the
-limit and how many items fit; a missing or wrong key is ``UNAUTHENTICATED``. Each of these client
-errors is one INFO log line (RPC, peer, status, message), never a traceback: clients cannot flood
-the log. Anything else is logged with its traceback and answered with a generic ``INTERNAL``, and
-the server keeps serving.
+Errors (:mod:`sculptserve.serving.grpc.errors`): a
+:class:`~sculptserve.serving.errors.PayloadError` is ``INVALID_ARGUMENT`` with its message (an
+unknown Open Inference Protocol model ``NOT_FOUND``); a message over
+``ServiceLimits.max_body_bytes`` is ``RESOURCE_EXHAUSTED`` (gRPC's own receive limit); so is a
+request whose response would exceed ``ServiceLimits.max_grpc_response_bytes``
+(SCULPT_GRPC_RESPONSE_MAX_BYTES, by default under a default client's 4 MiB receive limit),
+refused before the model runs with a message naming the limit and how many items fit; a missing
+or wrong key is ``UNAUTHENTICATED``. Each of these client errors is one INFO log line (RPC,
+peer, status, message), never a traceback: clients cannot flood the log. Anything else is logged
+with its traceback and answered with a generic ``INTERNAL``, and the server keeps serving.
 
 Run: ``python -m sculptserve.serving.grpc.server --bundle PATH [--host H] [--port N]``.
 """
@@ -46,22 +52,34 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from sculptserve.serving.core import EmbeddingApp
 from sculptserve.serving.encodings import ENCODINGS, png_max_bytes
 from sculptserve.serving.errors import PayloadError
+from sculptserve.serving.grpc import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from sculptserve.serving.grpc import sculpt_pb2 as pb
 from sculptserve.serving.grpc import sculpt_pb2_grpc as pb_grpc
-from sculptserve.serving.settings import Settings, load_settings
+from sculptserve.serving.grpc.errors import (
+    ResponseBudget,
+    ResponseTooLarge,
+    guarded,
+    log_client_error,
+)
+from sculptserve.serving.grpc.inference import HEALTH_METHODS, InferenceServicer
+from sculptserve.serving.grpc.inference import SERVICE_NAME as INFERENCE_SERVICE_NAME
+from sculptserve.serving.grpc.metrics import GrpcServerMetrics, MetricsInterceptor
+from sculptserve.serving.oip import tensor_bytes
+from sculptserve.serving.settings import load_settings
 
 __all__ = [
     "DEFAULT_PORT",
+    "INFERENCE_SERVICE_NAME",
     "READINESS_INTERVAL_S",
     "SERVICE_NAME",
     "ResponseTooLarge",
@@ -81,29 +99,35 @@ READINESS_INTERVAL_S = 1.0  # how often a running server re-reads the app's read
 STOP_QUIET_S = 0.5
 STOP_REFUSE_MAX_S = 3.0
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Sculpt"].full_name  # "sculpt.v1.Sculpt"
-_PROTECTED_PREFIX = f"/{SERVICE_NAME}/"
-_INTERNAL_MESSAGE = "internal server error; the server log has the details"
+# Every service this server registers, for the metrics (created at zero for each method).
+_SERVICES = (
+    pb.DESCRIPTOR.services_by_name["Sculpt"],
+    grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+    health_pb2.DESCRIPTOR.services_by_name["Health"],
+    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+)
+# The services behind the API key and the shutdown gate, less their health RPCs (open to
+# probes, and answered while the server drains).
+_PROTECTED_SERVICES = (SERVICE_NAME, INFERENCE_SERVICE_NAME)
+_OPEN_METHODS = frozenset(f"/{INFERENCE_SERVICE_NAME}/{name}" for name in HEALTH_METHODS)
+
+
+def _protected(method: str) -> bool:
+    """Whether ``/package.Service/Method`` needs the API key and closes at shutdown."""
+    service = method[1:].rpartition("/")[0]
+    return service in _PROTECTED_SERVICES and method not in _OPEN_METHODS
+
+
 _INPUT_DTYPES = ("", "float32")  # Tensor.dtype values accepted for inputs ("" = default)
-_LOGGED_MESSAGE_CHARS = 300  # a client error's log line quotes at most this much of the message
-# Protobuf framing of one response besides its arrays' bytes: field tags, length varints (<= 10
-# bytes each), Tensor shapes and dtype names, the encoding, the seed. A few hundred bytes at
-# most for every Sculpt response; counted generously so the size estimate is an upper bound.
-_RESPONSE_FRAMING_BYTES = 1024
 _PNG_ITEM_FRAMING_BYTES = 16  # one `repeated bytes png` entry: tag + length varint
-
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
-
 
 # --- proto <-> numpy ---------------------------------------------------------------------------
 
 
 def to_tensor(arr: np.ndarray, dtype: str | None = None) -> pb.Tensor:
     """A numpy array as a little-endian row-major Tensor (dtype name defaults to the array's)."""
-    arr = np.ascontiguousarray(arr)
-    little = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-    return pb.Tensor(shape=arr.shape, data=little.tobytes(), dtype=dtype or arr.dtype.name)
+    arr = np.asarray(arr)
+    return pb.Tensor(shape=arr.shape, data=bytes(tensor_bytes(arr)), dtype=dtype or arr.dtype.name)
 
 
 def _tensor_items(t: pb.Tensor) -> list[np.ndarray]:
@@ -143,83 +167,7 @@ def _inputs(msg: pb.Inputs) -> list[Any]:
     return list(msg.images)  # bytes items are PNG/JPEG files to the codec
 
 
-# --- response size -----------------------------------------------------------------------------
-
-
-class ResponseTooLarge(PayloadError):
-    """The response would exceed ``ServiceLimits.max_grpc_response_bytes``."""
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.2f} MiB"
-
-
-@dataclass(frozen=True)
-class _ResponseBudget:
-    """The largest response message this server sends (``ServiceLimits.max_grpc_response_bytes``).
-
-    A default gRPC client refuses a message over 4 MiB after the server did all the work, with
-    an error that names neither the cause nor the cure; this refuses such a request up front.
-    """
-
-    limit: int
-
-    def check(self, rpc: str, n: int, item_bytes: int, noun: str) -> None:
-        """Refuse ``n`` items of at most ``item_bytes`` wire bytes each when their response
-        could exceed the limit (a ResponseTooLarge naming the limit and how many fit)."""
-        size = _RESPONSE_FRAMING_BYTES + n * item_bytes
-        if size <= self.limit:
-            return
-        fit = max(0, (self.limit - _RESPONSE_FRAMING_BYTES) // item_bytes)
-        raise ResponseTooLarge(
-            f"{rpc} of {n} {noun} would answer up to {_mib(size)} ({item_bytes} bytes per item), "
-            f"over the gRPC response limit of {self.limit} bytes ({_mib(self.limit)}, "
-            f"{Settings.variable('grpc_response_max_bytes')}); at most {fit} {noun} fit in one "
-            "response: split the request"
-        )
-
-
 # --- the service -------------------------------------------------------------------------------
-
-# Client errors and their status, most specific first; any other exception is INTERNAL.
-_CLIENT_ERRORS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
-    (ResponseTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (PayloadError, grpc.StatusCode.INVALID_ARGUMENT),
-)
-
-
-def _client_status(exc: Exception) -> grpc.StatusCode | None:
-    return next((code for kind, code in _CLIENT_ERRORS if isinstance(exc, kind)), None)
-
-
-def _log_client_error(rpc: str, peer: str, code: grpc.StatusCode, message: str) -> None:
-    """One line per client error, no traceback: a client's mistakes must not flood the log.
-    Whitespace is collapsed, so a client-chosen string cannot forge log lines."""
-    text = " ".join(message.split())[:_LOGGED_MESSAGE_CHARS]
-    log.info("gRPC %s from %s: %s: %s", rpc, peer, code.name, text)
-
-
-def _guarded(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Map client errors to their status (logged in one line) and any other failure to
-    INTERNAL (logged with its traceback)."""
-
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
-        try:
-            return await method(self, request, context)
-        except Exception as exc:
-            code = _client_status(exc)
-            if code is None:
-                log.exception("gRPC %s failed", method.__name__)
-                code, message = grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE
-            else:
-                message = str(exc)
-                _log_client_error(method.__name__, context.peer(), code, message)
-        # abort raises; called outside the except block so its exception is not caught above
-        await context.abort(code, message)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    return wrapper
 
 
 class SculptServicer(pb_grpc.SculptServicer):
@@ -231,7 +179,7 @@ class SculptServicer(pb_grpc.SculptServicer):
 
     def __init__(self, app: EmbeddingApp) -> None:
         self.app = app
-        self._budget = _ResponseBudget(app.limits.max_grpc_response_bytes)
+        self._budget = ResponseBudget(app.limits.max_grpc_response_bytes)
         self._latent_bytes = 4 * app.runtime.latent_dim  # one float32 latent vector
         self._output_bytes = 4 * math.prod(app.runtime.input_shape)  # one float32 model output
         image = app.spec.modality == "image" and len(app.runtime.input_shape) == 3
@@ -243,7 +191,7 @@ class SculptServicer(pb_grpc.SculptServicer):
                 png_max_bytes(app.runtime.input_shape) + _PNG_ITEM_FRAMING_BYTES
             )
 
-    @_guarded
+    @guarded
     async def Embed(self, request: pb.EmbedRequest, context: Any) -> pb.EmbedResponse:
         encoding = request.encoding or "float32"
         items = _inputs(request.inputs)
@@ -255,7 +203,7 @@ class SculptServicer(pb_grpc.SculptServicer):
             embeddings=to_tensor(result.embeddings, result.encoding), encoding=result.encoding
         )
 
-    @_guarded
+    @guarded
     async def Reconstruct(
         self, request: pb.ReconstructRequest, context: Any
     ) -> pb.ReconstructResponse:
@@ -264,7 +212,7 @@ class SculptServicer(pb_grpc.SculptServicer):
         result = await asyncio.to_thread(self.app.reconstruct, items)
         return pb.ReconstructResponse(outputs=to_tensor(result.outputs, "float32"))
 
-    @_guarded
+    @guarded
     async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
         output = request.output or "array"
         fixed = dict(request.fixed) or None
@@ -283,7 +231,7 @@ class SculptServicer(pb_grpc.SculptServicer):
             response.samples.CopyFrom(to_tensor(result.samples, "float32"))
         return response
 
-    @_guarded
+    @guarded
     async def GetInfo(self, request: pb.GetInfoRequest, context: Any) -> pb.GetInfoResponse:
         info = await asyncio.to_thread(self.app.info)
         return pb.GetInfoResponse(
@@ -295,7 +243,7 @@ class SculptServicer(pb_grpc.SculptServicer):
             modality=str(info["input"]["modality"]),
         )
 
-    @_guarded
+    @guarded
     async def GetDrift(self, request: pb.GetDriftRequest, context: Any) -> pb.GetDriftResponse:
         report = await asyncio.to_thread(self.app.drift)
         state = str(report["state"])
@@ -308,10 +256,12 @@ class SculptServicer(pb_grpc.SculptServicer):
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    """Require ``authorization: Bearer <key>`` on `sculpt.v1.Sculpt`; other services pass.
+    """Require ``authorization: Bearer <key>`` on `sculpt.v1.Sculpt` and
+    ``inference.GRPCInferenceService``; other services and the inference service's health RPCs
+    pass.
 
-    Health and reflection stay open on purpose: load balancers and grpcurl probe them
-    without secrets, and they reveal nothing a client could not read from the proto.
+    Health (both kinds) and reflection stay open on purpose: load balancers and grpcurl probe
+    them without secrets, and they reveal nothing a client could not read from the proto.
     """
 
     def __init__(self, api_key: str) -> None:
@@ -334,11 +284,11 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         method = handler_call_details.method or ""
-        if not method.startswith(_PROTECTED_PREFIX):
+        if not _protected(method):
             return await continuation(handler_call_details)
         if self.authorized(handler_call_details.invocation_metadata):
             return await continuation(handler_call_details)
-        # every Sculpt RPC is unary-unary, so a unary-unary deny handler fits all
+        # every protected RPC is unary-unary, so a unary-unary deny handler fits all
         rpc = method.rsplit("/", 1)[-1]
         return grpc.unary_unary_rpc_method_handler(functools.partial(self._reject, rpc))
 
@@ -346,7 +296,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     async def _reject(rpc: str, request: bytes, context: grpc.aio.ServicerContext) -> None:
         code = grpc.StatusCode.UNAUTHENTICATED
         message = "missing or wrong API key: send metadata 'authorization: Bearer <key>'"
-        _log_client_error(rpc, context.peer(), code, message)
+        log_client_error(rpc, context.peer(), code, message)
         await context.abort(code, message)
 
 
@@ -354,14 +304,15 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
 
 
 class _ShutdownGate(grpc.aio.ServerInterceptor):
-    """Once closed, answers every `sculpt.v1.Sculpt` call UNAVAILABLE itself.
+    """Once closed, answers every protected call (`sculpt.v1.Sculpt`, the inference service but
+    its health RPCs) UNAVAILABLE itself.
 
     grpc's own shutdown (``server.stop``) cancels the calls that have reached the server but
     that its event loop has not picked up yet: under load their clients got CANCELLED, which
     does not say whether the call ran. :func:`stop_server` closes this gate first: new calls
     then get a deliberate UNAVAILABLE (safe to retry elsewhere) until none has come for a
     moment (:meth:`wait_quiet`), and only then does grpc's shutdown run. Health and reflection
-    pass (health says NOT_SERVING by then).
+    pass (health says NOT_SERVING by then, ServerReady false).
     """
 
     def __init__(self) -> None:
@@ -388,10 +339,10 @@ class _ShutdownGate(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         method = handler_call_details.method or ""
-        if not self._closed or not method.startswith(_PROTECTED_PREFIX):
+        if not self._closed or not _protected(method):
             return await continuation(handler_call_details)
         self._last_refused = time.monotonic()
-        return self._refuse  # every Sculpt RPC is unary-unary, so one handler fits all
+        return self._refuse  # every protected RPC is unary-unary, so one handler fits all
 
     @staticmethod
     async def _unavailable(request: bytes, context: grpc.aio.ServicerContext) -> None:
@@ -436,6 +387,11 @@ class _HealthServicer(health.aio.HealthServicer):
     def shutting_down(self) -> bool:
         return self._gracefully_shutting_down
 
+    def serving(self) -> bool:
+        """Whether the server serves now: ``ready()`` passes and no shutdown drain began (the
+        Open Inference Protocol's ServerReady)."""
+        return not self.shutting_down and self._read_ready()
+
     async def refresh(self) -> None:
         """Set every service to SERVING or NOT_SERVING as ``ready()`` says now."""
         status = _SERVING if self._read_ready() else _NOT_SERVING
@@ -468,15 +424,20 @@ def build_server(
 ) -> grpc.aio.Server:
     """A ready-to-start server for ``app`` on ``host:port`` (port 0: any free port).
 
-    ``api_key``: required as ``authorization: Bearer KEY`` on `sculpt.v1.Sculpt` calls; None
-    or empty leaves the API open (the entry points pass ``Settings.api_key``). Health starts
+    ``api_key``: required as ``authorization: Bearer KEY`` on `sculpt.v1.Sculpt` and
+    inference service calls (see :class:`ApiKeyInterceptor`); None or empty leaves the API open
+    (the entry points pass ``Settings.api_key``). The ``grpc_server_*`` metrics go to
+    ``app.metrics_registry`` (prometheus_client's default registry unless the app was given
+    another). Health starts
     as ``app.ready()`` says (the app is loaded and verified already, so normally SERVING).
     The bound port is :func:`bound_port` (``server.add_insecure_port`` already ran). Start it
     with :func:`start_server` and stop it with :func:`stop_server` for health to follow
     readiness and the graceful shutdown.
     """
     gate = _ShutdownGate()
-    interceptors: list[grpc.aio.ServerInterceptor] = [gate]
+    # The metrics first (outermost): they count the calls the gate and the key check refuse.
+    metrics = GrpcServerMetrics(app.metrics_registry, _SERVICES)
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics), gate]
     if api_key:
         interceptors.append(ApiKeyInterceptor(api_key))
     server = grpc.aio.server(
@@ -489,10 +450,16 @@ def build_server(
         ],
     )
     pb_grpc.add_SculptServicer_to_server(SculptServicer(app), server)
-    health_servicer = _HealthServicer(services=("", SERVICE_NAME), ready=app.ready)
+    health_servicer = _HealthServicer(
+        services=("", SERVICE_NAME, INFERENCE_SERVICE_NAME), ready=app.ready
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(app, ready=health_servicer.serving), server
+    )
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, INFERENCE_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+        server,
     )
     address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
     bound = server.add_insecure_port(address)
