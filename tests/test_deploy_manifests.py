@@ -14,6 +14,7 @@ import copy
 import math
 import re
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 
 import jsonschema
@@ -22,15 +23,19 @@ import pytest
 import yaml
 from test_deploy_support import (
     K8S_VERSIONS,
+    KSERVE,
     KUSTOMIZATIONS,
     REPO,
     SERVICE_OVERLAYS,
+    SERVICE_WORKLOADS,
     container,
     cpus,
+    crd_schema,
     env_of,
     find,
     pod_spec,
     render,
+    service_workload,
     validate,
 )
 
@@ -155,9 +160,9 @@ def test_ports_probes_and_selectors_agree(overlay: str) -> None:
     assert policy["spec"]["egress"] == [] and "Egress" in policy["spec"]["policyTypes"]
 
 
-@pytest.mark.parametrize("overlay", SERVICE_OVERLAYS)
-def test_security_context(overlay: str) -> None:
-    deployment = find(render(overlay), "Deployment", "sculpt")
+@pytest.mark.parametrize("variant", SERVICE_WORKLOADS)
+def test_security_context(variant: str) -> None:
+    deployment = service_workload(variant)
     spec = pod_spec(deployment)
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] == 1034  # the bentoml user of the image
@@ -180,12 +185,12 @@ def test_security_context(overlay: str) -> None:
     assert not any(Path("/home/bentoml/bento").is_relative_to(m) for m in writable)
 
 
-@pytest.mark.parametrize("overlay", SERVICE_OVERLAYS)
-def test_termination_grace_covers_the_prestop_sleep_and_the_drain(overlay: str) -> None:
+@pytest.mark.parametrize("variant", SERVICE_WORKLOADS)
+def test_termination_grace_covers_the_prestop_sleep_and_the_drain(variant: str) -> None:
     """The kubelet kills the pod terminationGracePeriodSeconds after it starts stopping it,
     preStop hook included: that must cover the preStop sleep plus the worker's longest
     shutdown with the drain settings the pod sets (or their defaults)."""
-    deployment = find(render(overlay), "Deployment", "sculpt")
+    deployment = service_workload(variant)
     c = container(deployment)
     pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert pre_stop >= 3  # endpoint updates take seconds to reach kube-proxy and balancers
@@ -201,9 +206,9 @@ def test_termination_grace_covers_the_prestop_sleep_and_the_drain(overlay: str) 
     assert pod_spec(deployment)["terminationGracePeriodSeconds"] <= pre_stop + worker + 30
 
 
-@pytest.mark.parametrize("overlay", SERVICE_OVERLAYS)
-def test_ort_threads_follow_the_cpu_limit(overlay: str) -> None:
-    c = container(find(render(overlay), "Deployment", "sculpt"))
+@pytest.mark.parametrize("variant", SERVICE_WORKLOADS)
+def test_ort_threads_follow_the_cpu_limit(variant: str) -> None:
+    c = container(service_workload(variant))
     ref = env_of(c)["SCULPT_ORT_THREADS"]["valueFrom"]["resourceFieldRef"]
     assert ref == {"containerName": c["name"], "resource": "limits.cpu", "divisor": "1"}
     # The downward API hands the limit rounded up to whole CPUs; the runtime accepts that.
@@ -214,9 +219,9 @@ def test_ort_threads_follow_the_cpu_limit(overlay: str) -> None:
     assert c["resources"]["limits"]["memory"]
 
 
-@pytest.mark.parametrize("overlay", SERVICE_OVERLAYS)
-def test_api_key_comes_from_a_required_secret(overlay: str) -> None:
-    c = container(find(render(overlay), "Deployment", "sculpt"))
+@pytest.mark.parametrize("variant", SERVICE_WORKLOADS)
+def test_api_key_comes_from_a_required_secret(variant: str) -> None:
+    c = container(service_workload(variant))
     ref = env_of(c)[Settings.variable("api_key")]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "sculpt-api-key", "key": "api-key"}  # not optional: no silent open API
 
@@ -227,8 +232,8 @@ def test_every_sculpt_variable_is_one_the_code_reads() -> None:
     known = {Settings.variable(field) for field in Settings.model_fields}
     names = {
         name
-        for overlay in SERVICE_OVERLAYS
-        for name in env_of(container(find(render(overlay), "Deployment", "sculpt")))
+        for variant in SERVICE_WORKLOADS
+        for name in env_of(container(service_workload(variant)))
         if name.startswith("SCULPT_")
     }
     assert {"SCULPT_GRPC_PORT", "SCULPT_ORT_THREADS", "SCULPT_API_KEY"} <= names
@@ -263,6 +268,171 @@ def test_gpu_overlay_differs_from_cpu_only_where_it_should() -> None:
         assert c_cpu[key] == c_gpu[key], key
     hpa = find(render("overlays/gpu"), "HorizontalPodAutoscaler")
     assert hpa["spec"]["minReplicas"] == 1
+
+
+# --- KServe ---------------------------------------------------------------------------------
+
+KSERVE_CONTAINER = "kserve-container"  # KServe's name for a custom predictor's container
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+
+
+def test_kserve_leaves_the_workload_objects_to_kserve() -> None:
+    """KServe makes the predictor's Deployment, Service and HPA itself (sculpt-predictor); the
+    base's would compete with them. Its ServiceAccount, PDB and NetworkPolicy stay."""
+    kinds = sorted(d["kind"] for d in render(KSERVE))
+    assert kinds == ["InferenceService", "NetworkPolicy", "PodDisruptionBudget", "ServiceAccount"]
+
+
+def test_inference_service_meets_the_kserve_rules() -> None:
+    """What KServe's webhook and controller require of a custom predictor (v0.15:
+    inference_service_validation.go, predictor_custom.go, the raw-deployment HPA's checks)."""
+    service = service_workload(KSERVE)
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", service["metadata"]["name"])
+    annotations = service["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    assert annotations["serving.kserve.io/autoscalerClass"] == "hpa"
+    predictor = service["spec"]["predictor"]
+    # Exactly one implementation: containers, none of the built-in model servers (and no
+    # workerSpec: multi-node serving is for those).
+    servers = set(crd_schema("InferenceService")["$defs"]["predictorSpec"]["properties"])
+    assert not servers & set(predictor)
+    c = container(service)
+    assert c["name"] == KSERVE_CONTAINER  # KServe renames a lone container to this anyway
+    env = env_of(c)
+    assert env["PROTOCOL"]["value"] in {"v1", "v2"}  # what the webhook accepts for a custom one
+    assert env["PROTOCOL"]["value"] == "v2"  # the Open Inference Protocol
+    assert "STORAGE_URI" not in env  # the bundle is in the image: no storage initializer
+    # KServe's HPA: a resource metric, its target a utilization percentage.
+    assert predictor["scaleMetric"] in {"cpu", "memory"}
+    assert 1 <= predictor["scaleTarget"] <= 100
+    assert 1 <= predictor["minReplicas"] <= predictor["maxReplicas"]
+
+
+def test_kserve_pods_run_as_the_deployments_do() -> None:
+    """from-base/ copies the CPU overlay's pod: same pod fields, the same container but for
+    KServe's name, the PROTOCOL variable and the downward API reference that follows the name;
+    same pod labels and annotations (plus KServe's scraping switch), rollout strategy, and the
+    HPA's replica bounds, metric and target."""
+    docs = render("overlays/cpu")
+    deployment = find(docs, "Deployment", "sculpt")
+    hpa = find(docs, "HorizontalPodAutoscaler", "sculpt")
+    predictor = service_workload(KSERVE)["spec"]["predictor"]
+
+    pod = pod_spec(deployment)
+    pod_fields = crd_schema("InferenceService")["$defs"]["podSpec"]["properties"]
+    assert {k for k in predictor if k in pod_fields} == set(pod)
+    for field, value in pod.items():
+        if field != "containers":
+            assert predictor[field] == value, field
+    expected = copy.deepcopy(container(deployment))
+    expected["name"] = KSERVE_CONTAINER
+    expected["env"].append({"name": "PROTOCOL", "value": "v2"})
+    ref = env_of(expected)["SCULPT_ORT_THREADS"]["valueFrom"]["resourceFieldRef"]
+    ref["containerName"] = KSERVE_CONTAINER
+    assert predictor["containers"] == [expected]
+
+    template = deployment["spec"]["template"]["metadata"]
+    assert predictor["labels"] == template["labels"]
+    scraping_off = {"serving.kserve.io/enable-prometheus-scraping": "false"}
+    assert predictor["annotations"] == {**template["annotations"], **scraping_off}
+    assert predictor["deploymentStrategy"] == deployment["spec"]["strategy"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["target"]["type"] == "Utilization"  # KServe's scaleMetricType default
+    assert (predictor["minReplicas"], predictor["maxReplicas"]) == (
+        hpa["spec"]["minReplicas"],
+        hpa["spec"]["maxReplicas"],
+    )
+    assert predictor["scaleMetric"] == metric["resource"]["name"]
+    assert predictor["scaleTarget"] == metric["resource"]["target"]["averageUtilization"]
+
+
+def test_kserve_ports_selectors_and_scraping_agree() -> None:
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    docs = render(KSERVE)
+    service = find(docs, "InferenceService", "sculpt")
+    predictor = service["spec"]["predictor"]
+    c = container(service)
+    ports = [(p["name"], p["containerPort"]) for p in c["ports"]]
+    # KServe's predictor Service sends its port 80 to the first container port: HTTP, where
+    # `bentoml serve` (the image's command, no --port) listens and the v2 REST routes are. The
+    # Service also exposes the other ports under their own numbers: gRPC.
+    assert ports[0] == ("http", BentoMLContainer.http.port.get())
+    settings = load_settings({name: e["value"] for name, e in env_of(c).items() if "value" in e})
+    assert dict(ports)["grpc"] == settings.grpc_port
+    assert settings.grpc_host == "0.0.0.0"  # the default binds loopback only
+    for probe in PROBES:
+        assert c[probe]["httpGet"]["port"] == "http"
+
+    labels = predictor["labels"]
+    assert _matches(SERVICE_LABELS, labels)
+    assert _matches(find(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"], labels)
+    policy = find(docs, "NetworkPolicy")
+    assert _matches(policy["spec"]["podSelector"]["matchLabels"], labels)
+    allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert allowed == {name for name, _ in ports}
+    for constraint in predictor["topologySpreadConstraints"]:
+        assert _matches(constraint["labelSelector"]["matchLabels"], labels)
+    assert predictor["serviceAccountName"] == find(docs, "ServiceAccount")["metadata"]["name"]
+
+    # Scraped through the pod annotations (deploy/prometheus/scrape-config.yml keeps the pods
+    # labelled app.kubernetes.io/name=sculpt), with KServe's own annotation switched off: it
+    # would point prometheus.io/port at Knative's queue-proxy, absent here.
+    annotations = predictor["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == ports[0][1]
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert annotations["serving.kserve.io/enable-prometheus-scraping"] == "false"
+
+
+def test_probes_are_open_routes_of_the_service(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Every probe of every variant GETs a route the service answers 200 once ready, without
+    the API key (the kubelet has none) while one is set."""
+    from bundle_factory import make_bundle
+    from test_service import _client
+
+    paths = {
+        container(service_workload(variant))[probe]["httpGet"]["path"]
+        for variant in SERVICE_WORKLOADS
+        for probe in PROBES
+    }
+    with _client(monkeypatch, make_bundle(tmp_path / "bundle"), SCULPT_API_KEY="k") as client:
+        assert client.get("/info").status_code == 401  # the key is on
+        for path in sorted(paths):
+            response = client.get(path)
+            assert response.status_code == 200, (path, response.text)
+
+
+def test_kserve_validation_is_strict() -> None:
+    """Misspelt fields fail, in the InferenceService's own fields and in its pod; so does
+    protocolVersion on a custom predictor: only KServe's built-in model servers have the field
+    (a custom container says PROTOCOL instead), and an API server would refuse it too."""
+    service = service_workload(KSERVE)
+    version = K8S_VERSIONS[-1]
+    validate(service, version)
+
+    def broken(edit: Callable[[dict], None]) -> dict:
+        doc = copy.deepcopy(service)
+        edit(doc["spec"]["predictor"])
+        return doc
+
+    for edit, phrase in (
+        (lambda p: p.update(minReplica=2), "'minReplica' was unexpected"),
+        (lambda p: p.update(protocolVersion="v2"), "'protocolVersion' was unexpected"),
+        (lambda p: p.update(scaleMetric="gpu"), "'gpu' is not one of"),
+        (lambda p: p.update(model={"protocolVersion": "v3"}), "'v3' is not one of"),
+        (lambda p: p["deploymentStrategy"].update(rollingUpdates={}), "rollingUpdates"),
+    ):
+        with pytest.raises(jsonschema.ValidationError, match=phrase):
+            validate(broken(edit), version)
+    for edit, phrase in (
+        (lambda p: p["containers"][0].update(readinesProbe={}), "readinesProbe"),
+        (lambda p: p["securityContext"].update(runAsUsr=0), "runAsUsr"),
+    ):
+        with pytest.raises(kubernetes_validate.ValidationError, match=phrase):
+            validate(broken(edit), version)
 
 
 # --- distributed training -------------------------------------------------------------------

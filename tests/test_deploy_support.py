@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,16 @@ DATA = Path(__file__).resolve().parent / "data" / "deploy"
 METRICS_SAMPLE = DATA / "metrics-sample.txt"
 
 # Every kustomization a user may apply. The service overlays are what gets deployed; the base
-# alone is the set-up for clusters without prometheus-operator.
+# alone is the set-up for clusters without prometheus-operator; kserve runs the same pods as a
+# KServe InferenceService.
 SERVICE_OVERLAYS = ("overlays/cpu", "overlays/gpu")
-KUSTOMIZATIONS = ("base", *SERVICE_OVERLAYS, "training/indexed-job", "training/pytorchjob")
+KSERVE = "kserve"
+KUSTOMIZATIONS = ("base", *SERVICE_OVERLAYS, KSERVE, "training/indexed-job", "training/pytorchjob")
+# The kind of the object that runs the service's pods, per kustomization that deploys it.
+SERVICE_WORKLOADS = {
+    **dict.fromkeys(SERVICE_OVERLAYS, "Deployment"),
+    KSERVE: "InferenceService",
+}
 # The oldest and newest Kubernetes the manifests are checked against (schemas bundled with
 # kubernetes-validate): 1.30 is the oldest minor still in the big clouds' extended support.
 K8S_VERSIONS = ("1.30", "1.37")
@@ -51,6 +59,9 @@ CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor.monitoring.coreos.com_v1.json",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule.monitoring.coreos.com_v1.json",
     ("kubeflow.org/v1", "PyTorchJob"): "pytorchjob.kubeflow.org_v1.json",
+    ("serving.kserve.io/v1beta1", "InferenceService"): (
+        "inferenceservice.serving.kserve.io_v1beta1.json"
+    ),
 }
 
 
@@ -166,9 +177,17 @@ def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict
 
 
 def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
-    """The pod spec of a workload (Deployment, Job) or of a PyTorchJob replica spec."""
+    """The pod spec of a workload (Deployment, Job), of a PyTorchJob replica spec, or of an
+    InferenceService's custom predictor (KServe inlines the PodSpec's fields in the predictor)."""
+    if workload.get("kind") == "InferenceService":
+        return workload["spec"]["predictor"]
     holder = workload if "template" in workload else workload["spec"]
     return holder["template"]["spec"]
+
+
+def service_workload(kustomization: str) -> dict[str, Any]:
+    """The object of ``kustomization`` that runs the service's pods (SERVICE_WORKLOADS)."""
+    return find(render(kustomization), SERVICE_WORKLOADS[kustomization], "sculpt")
 
 
 def container(workload: dict[str, Any], name: str | None = None) -> dict[str, Any]:
@@ -194,13 +213,46 @@ def env_of(container_spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 @functools.cache
-def _crd_validator(filename: str) -> jsonschema.Draft202012Validator:
-    schema = json.loads((DATA / "crds" / filename).read_text(encoding="utf-8"))
-    return jsonschema.Draft202012Validator(schema)
+def crd_schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema of a CRD kind (tests/data/deploy/crds)."""
+    (filename,) = [name for (_, k), name in CRD_SCHEMAS.items() if k == kind]
+    return json.loads((DATA / "crds" / filename).read_text(encoding="utf-8"))
+
+
+@functools.cache
+def _crd_validator(kind: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(crd_schema(kind))
+
+
+PodTemplates = Iterator[tuple[str, dict[str, Any]]]
+
+
+def _pytorchjob_pods(job: dict[str, Any]) -> PodTemplates:
+    for replica_type, spec in job["spec"]["pytorchReplicaSpecs"].items():
+        yield replica_type.lower(), spec["template"]
+
+
+def _inferenceservice_pods(service: dict[str, Any]) -> PodTemplates:
+    """The pods of a custom predictor and of its workers: KServe inlines a PodSpec in each (the
+    predictor's labels and annotations go to its pods). A predictor without containers runs a
+    built-in model server, whose pod KServe writes."""
+    pod_fields = crd_schema("InferenceService")["$defs"]["podSpec"]["properties"]
+    predictor = service["spec"]["predictor"]
+    meta = {key: predictor[key] for key in ("labels", "annotations") if key in predictor}
+    parts = {"predictor": (predictor, meta), "worker": (predictor.get("workerSpec", {}), {})}
+    for part, (spec, metadata) in parts.items():
+        if "containers" in spec:
+            pod = {k: spec[k] for k in pod_fields if k in spec}
+            yield part, {"metadata": metadata, "spec": pod}
+
+
+# CRD kinds that carry pods, and where: those are validated as core/v1 PodTemplateSpecs too.
+POD_TEMPLATES = {"PyTorchJob": _pytorchjob_pods, "InferenceService": _inferenceservice_pods}
 
 
 def validate(doc: dict[str, Any], k8s_version: str) -> None:
-    """Raise if ``doc`` is not valid: strict built-in schemas, or its CRD schema.
+    """Raise if ``doc`` is not valid: strict built-in schemas, or its CRD schema and then the
+    pods it carries with the strict built-in schemas.
 
     A kind with neither schema fails too (``SchemaNotFoundError``): nothing goes unchecked.
     """
@@ -208,16 +260,16 @@ def validate(doc: dict[str, Any], k8s_version: str) -> None:
     if key not in CRD_SCHEMAS:
         kubernetes_validate.validate(doc, k8s_version, strict=True)
         return
-    _crd_validator(CRD_SCHEMAS[key]).validate(doc)
-    if doc["kind"] == "PyTorchJob":  # the pod templates are core/v1 PodTemplateSpecs
-        for replica_type, spec in doc["spec"]["pytorchReplicaSpecs"].items():
-            template = {
-                "apiVersion": "v1",
-                "kind": "PodTemplate",
-                "metadata": {"name": f"{doc['metadata']['name']}-{replica_type.lower()}"},
-                "template": spec["template"],
-            }
-            kubernetes_validate.validate(template, k8s_version, strict=True)
+    _crd_validator(doc["kind"]).validate(doc)
+    pods = POD_TEMPLATES[doc["kind"]](doc) if doc["kind"] in POD_TEMPLATES else ()
+    for part, pod in pods:
+        template = {
+            "apiVersion": "v1",
+            "kind": "PodTemplate",
+            "metadata": {"name": f"{doc['metadata']['name']}-{part}"},
+            "template": pod,
+        }
+        kubernetes_validate.validate(template, k8s_version, strict=True)
 
 
 # --- metric names -----------------------------------------------------------------------------
