@@ -72,10 +72,35 @@ class ExportOptions:
     precision: str = "fp32"
     n_reference: int = 2048
     window: int = 256
+    # Drift calibration (sculptserve.stats.drift_windows.calibrate_drift): per-window null
+    # fire rate, both statistics together; the alert budget as an expected run length
+    # (embeddings between false alerts; None: no target) for the service's default rule
+    # (every = window // 2, alert after `consecutive` fired windows); null windows simulated.
     false_alarm_rate: float = 0.01
-    n_resamples: int = 500
+    expected_run_length: float | None = 100_000
+    consecutive: int = 2
+    n_resamples: int = 16_384
+    pool_rows: int | None = None  # held-out rows of the null pool; None: 64 windows
     seed: int = 0
     signing_key: str | None = None  # ed25519 private key PEM: sign the bundle's digest
+
+
+def calibration_pool_rows(options: ExportOptions) -> int:
+    """Held-out rows wanted for the drift calibration pool (beyond the reference).
+
+    Every null window drawn from one pool shares the pool's deviation from the population,
+    which shifts the null by about window / pool of a window's own spread (measured on a
+    trained model: benchmarks/RESULTS.md, drift false alarms), so the pool holds 64 windows
+    unless told otherwise.
+    """
+    return options.pool_rows if options.pool_rows is not None else 64 * options.window
+
+
+def heldout_rows(n_heldout: int, options: ExportOptions) -> np.ndarray:
+    """Positions (sorted) in the held-out split that export encodes: the reference and the
+    calibration pool. Benchmarks use it to find the rows an export did *not* see."""
+    wanted = options.n_reference + calibration_pool_rows(options)
+    return np.sort(np.random.default_rng(options.seed).permutation(n_heldout)[:wanted])
 
 
 def bundle_name(run_dir: Path, requested: str | None) -> str:
@@ -114,16 +139,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path, options: ExportOptions)
     prior = parse_prior(config.prior, dim=config.latent_dim)
 
     held_out = dataset_from_description(data_description, split="val")
-    rows = np.random.default_rng(options.seed).permutation(len(held_out))
-    # A large calibration pool: null windows drawn from a small pool overlap and vary less
-    # than fresh traffic does, which set thresholds too low (seen: 4.4% of windows fired on a
-    # trained model at a nominal ~2% with a 1,024-row pool).
-    wanted = options.n_reference + max(16 * options.window, 4096)
-    rows = np.sort(rows[:wanted])
+    rows = heldout_rows(len(held_out), options)
     inputs, means, _ = encode_decode(model, held_out, rows, torch.device("cpu"))
-    # The reference gets its full size when the held-out data allows; a small held-out set is
-    # split in half between the reference and the calibration pool.
-    n_reference = options.n_reference if len(means) >= wanted else len(means) // 2
+    # The reference gets its full size when the held-out data allows (at most half of it);
+    # the calibration pool gets the rest.
+    n_reference = min(options.n_reference, len(means) // 2)
     order = np.random.default_rng(options.seed + 1).permutation(len(means))
     reference, pool = means[order[:n_reference]], means[order[n_reference:]]
     if len(pool) < options.window:
@@ -135,15 +155,20 @@ def export_run(run_dir: str | Path, out_dir: str | Path, options: ExportOptions)
     with staging_folder(out) as tmp:
         graphs, parity = write_onnx(model, tmp, inputs, means, options)
         save_npy(tmp / "reference.npy", reference.astype(np.float32))
-        drift = calibrate_drift(
-            pool,
-            reference,
-            window=options.window,
-            false_alarm_rate=options.false_alarm_rate,
-            n_resamples=options.n_resamples,
-            kernel=config.kernel,
-            seed=options.seed,
-        )
+        try:
+            drift = calibrate_drift(
+                pool,
+                reference,
+                window=options.window,
+                consecutive=options.consecutive,
+                false_alarm_rate=options.false_alarm_rate,
+                expected_run_length=options.expected_run_length,
+                n_resamples=options.n_resamples,
+                kernel=config.kernel,
+                seed=options.seed,
+            )
+        except ValueError as exc:  # e.g. a run-length target beyond what the null can show
+            raise ExportInputError(f"drift calibration: {exc}") from None
         prior_spec = bundle_prior(prior.to_dict(), tmp)
         manifest = Manifest(
             name=bundle_name(run, options.name),

@@ -348,7 +348,21 @@ def train_command(ctx: click.Context, resume: bool, **options: object) -> None:
     show_default=True,
     help="Drift-monitor window the thresholds are calibrated for.",
 )
-@click.option("--false-alarm-rate", type=float, default=0.01, show_default=True)
+@click.option(
+    "--false-alarm-rate",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.01,
+    show_default=True,
+    help="Null fire rate per drift window (either statistic over its threshold).",
+)
+@click.option(
+    "--expected-run-length",
+    type=click.FloatRange(min=0),
+    default=100_000,
+    show_default=True,
+    help="Embeddings between false drift alerts to calibrate for (thresholds are raised "
+    "until simulated in-distribution streams show it); 0: no target.",
+)
 @click.option("--bentoml", "to_bentoml", is_flag=True, help="Also import into the model store.")
 @click.option(
     "--signing-key",
@@ -365,6 +379,7 @@ def export_command(
     reference_size: int,
     window: int,
     false_alarm_rate: float,
+    expected_run_length: float,
     to_bentoml: bool,
     signing_key: str | None,
 ) -> None:
@@ -385,6 +400,7 @@ def export_command(
         n_reference=reference_size,
         window=window,
         false_alarm_rate=false_alarm_rate,
+        expected_run_length=expected_run_length or None,
         signing_key=signing_key,
     )
     try:

@@ -391,3 +391,81 @@ def test_prometheus_multiprocess_mode(tmp_path):
     )
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env=env)
+
+
+def test_calibrated_run_length_in_report_metrics_and_json(reference, calibration):
+    """A current calibration carries its alert rule (every, consecutive) and its expected
+    run length; the monitor defaults to that rule and reports the ERL."""
+    assert (calibration.rule, calibration.every, calibration.consecutive) == ("combined", EVERY, 2)
+    registry = CollectorRegistry()
+    monitor = DriftMonitor(
+        reference, calibration, registry=registry, labels=LABELS, background=False
+    )
+    assert (monitor.config.every, monitor.config.consecutive) == (EVERY, 2)
+    report = monitor.report()
+    assert report.expected_run_length == calibration.expected_run_length > 0
+    assert report.consecutive == 2
+    assert json.loads(json.dumps(report.to_dict()))["expected_run_length"] == pytest.approx(
+        calibration.expected_run_length
+    )
+    assert sample(registry, "sculpt_drift_expected_run_length") == pytest.approx(
+        calibration.expected_run_length
+    )
+
+
+def test_run_length_is_not_claimed_for_another_rule(reference, calibration, caplog):
+    registry = CollectorRegistry()
+    with caplog.at_level("WARNING", logger="sculptserve.serving.drift"):
+        monitor = monitor_for(reference, calibration, registry, every=WINDOW)
+    assert monitor.report().expected_run_length is None
+    assert np.isnan(sample(registry, "sculpt_drift_expected_run_length"))
+    assert "expected run length" in caplog.text
+
+
+def test_old_calibration_keeps_todays_behaviour(reference, calibration):
+    """Bundles exported before the run-length fields: same thresholds, rule and defaults."""
+    old_fields = {
+        "window",
+        "false_alarm_rate",
+        "n_resamples",
+        "kernel",
+        "bandwidth",
+        "reference_rows",
+        "mmd2_threshold",
+        "lps_linear_threshold",
+        "reference_lps_linear",
+        "null_mmd2_mean",
+        "null_lps_linear_mean",
+    }
+    old = DriftCalibration.model_validate(
+        {k: v for k, v in calibration.model_dump().items() if k in old_fields}
+    )
+    assert old.rule == "per_statistic" and old.expected_run_length is None
+    registry = CollectorRegistry()
+    monitor = DriftMonitor(reference, old, registry=registry, labels=LABELS, background=False)
+    assert (monitor.config.every, monitor.config.consecutive) == (WINDOW // 2, 2)
+    assert monitor.report().expected_run_length is None
+    assert np.isnan(sample(registry, "sculpt_drift_expected_run_length"))
+    monitor.observe(np.random.default_rng(11).normal(size=(WINDOW, DIM)) + 3.0)
+    assert monitor.report().fired  # the stored thresholds are used as they are
+
+
+def test_calibrated_every_and_consecutive_are_the_defaults(reference):
+    pool = np.random.default_rng(12).normal(size=(2048, DIM))
+    thresholds = calibrate_drift(
+        pool,
+        reference,
+        window=WINDOW,
+        every=32,
+        consecutive=3,
+        reference_rows=256,
+        n_resamples=256,
+    )
+    monitor = DriftMonitor(
+        reference,
+        DriftCalibration(**thresholds.to_dict()),
+        registry=CollectorRegistry(),
+        background=False,
+    )
+    assert (monitor.config.every, monitor.config.consecutive) == (32, 3)
+    assert monitor.report().expected_run_length == thresholds.expected_run_length

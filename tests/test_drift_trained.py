@@ -7,7 +7,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sculptserve.bundle.load import load_bundle
-from sculptserve.export.writer import ExportOptions, export_run
+from sculptserve.export.writer import ExportOptions, export_run, heldout_rows
 from sculptserve.serving.core import EmbeddingApp
 from sculptserve.serving.inputs import raw_items
 from sculptserve.training.config import TrainConfig
@@ -15,6 +15,8 @@ from sculptserve.training.data import load_dataset
 from sculptserve.training.trainer import train
 
 WINDOW, EVERY = 256, 128
+# The default calibration (combined rule, bootstrap null, ERL target) on a smaller pool.
+OPTIONS = ExportOptions(n_reference=1024, window=WINDOW, n_resamples=4096, pool_rows=4096)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +35,7 @@ def app(tmp_path_factory):
         ),
         progress=False,
     )
-    options = ExportOptions(n_reference=1024, window=WINDOW, n_resamples=200)
-    bundle = load_bundle(export_run(run, root / "bundle", options))
+    bundle = load_bundle(export_run(run, root / "bundle", OPTIONS))
     service = EmbeddingApp(bundle, metrics_registry=CollectorRegistry(), background_drift=False)
     yield service
     service.close()
@@ -44,8 +45,7 @@ def app(tmp_path_factory):
 def traffic():
     """Held-out images the export did not use (it drew its rows from this permutation)."""
     val = load_dataset("shapes", split="val")
-    used = np.random.default_rng(0).permutation(len(val))[: 1024 + 4 * WINDOW]
-    fresh = np.setdiff1d(np.arange(len(val)), used)
+    fresh = np.setdiff1d(np.arange(len(val)), heldout_rows(len(val), OPTIONS))
     return val, np.random.default_rng(1).permutation(fresh)
 
 

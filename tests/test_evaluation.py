@@ -147,7 +147,7 @@ def shapes_run(tiny_shapes_run) -> Path:
 
 @pytest.fixture(scope="module")
 def shapes_bundle(shapes_run, tmp_path_factory) -> Path:
-    options = ExportOptions(n_reference=128, window=32, n_resamples=20)
+    options = ExportOptions(n_reference=128, window=32, n_resamples=20, expected_run_length=None)
     return export_run(shapes_run, tmp_path_factory.mktemp("bundles") / "bundle", options)
 
 

@@ -22,7 +22,8 @@ from sculptserve.training.config import TrainConfig
 from sculptserve.training.data import load_dataset
 from sculptserve.training.trainer import train
 
-FAST = ExportOptions(n_reference=256, window=64, n_resamples=50)
+# The default drift calibration at a small size: 2,048 null windows show a 20,000 ERL.
+FAST = ExportOptions(n_reference=256, window=64, n_resamples=2048, expected_run_length=20_000)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,12 @@ def test_bundle_contents_and_manifest(shapes_bundle, shapes_run):
     assert manifest["parity"]["batch_sizes"] == [1, 2, 7, 64]
     drift = manifest["drift"]
     assert drift["window"] == 64 and drift["mmd2_threshold"] > drift["null_mmd2_mean"]
+    # calibrated for the service's default rule on overlapping windows, with an ERL target
+    assert (drift["rule"], drift["null_streams"]) == ("combined", "bootstrap")
+    assert (drift["every"], drift["consecutive"], drift["pool_rows"]) == (32, 2, 64 * 64)
+    assert drift["target_expected_run_length"] == 20_000
+    assert drift["expected_run_length"] >= 20_000
+    assert 0 < drift["window_fire_rate"] <= 0.01 + 1e-9
     assert manifest["metrics"] == json.loads((shapes_run / "summary.json").read_text())["val"]
     bundle = load_bundle(shapes_bundle)
     assert bundle.reference().shape == (256, 4)
@@ -69,14 +76,16 @@ def test_onnx_encoder_reproduces_the_runs_latents(shapes_bundle, shapes_run):
 
 
 def test_reference_gets_its_requested_size(shapes_run, tmp_path):
-    options = ExportOptions(n_reference=1500, window=64, n_resamples=20)
+    options = ExportOptions(n_reference=1500, window=64, n_resamples=20, expected_run_length=None)
     bundle = load_bundle(export_run(shapes_run, tmp_path / "b", options))
     assert bundle.manifest.reference.n == 1500
     assert bundle.reference().shape == (1500, 4)
 
 
 def test_fp16_bundle(shapes_run, tmp_path):
-    options = ExportOptions(precision="fp16", n_reference=256, window=64, n_resamples=20)
+    options = ExportOptions(
+        precision="fp16", n_reference=256, window=64, n_resamples=20, expected_run_length=None
+    )
     bundle = load_bundle(export_run(shapes_run, tmp_path / "b16", options))
     assert bundle.manifest.onnx.precision == "fp16"
     assert bundle.manifest.parity.tolerance == writer.TOLERANCE["fp16"]
@@ -174,7 +183,9 @@ def test_tabular_run_exports(tmp_path):
         progress=False,
     )
     bundle = export_run(
-        run, tmp_path / "bundle", ExportOptions(n_reference=64, window=32, n_resamples=20)
+        run,
+        tmp_path / "bundle",
+        ExportOptions(n_reference=64, window=32, n_resamples=20, expected_run_length=None),
     )
     manifest = load_bundle(bundle).manifest
     assert manifest.input.modality == "tabular" and manifest.input.shape == [5]
@@ -186,3 +197,7 @@ def test_inspect_json_summary_of_cli(shapes_bundle):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["verified"] is True and summary["latent_dim"] == 4
+    # the alert budget the drift thresholds were calibrated for
+    drift = summary["drift"]
+    assert drift["expected_run_length"] >= drift["target_expected_run_length"] == 20_000
+    assert (drift["every"], drift["consecutive"]) == (32, 2)

@@ -75,14 +75,21 @@ class ParityReport(_Strict):
 class DriftCalibration(_Strict):
     """Null thresholds for the service's window statistics, from held-out resampling.
 
-    Windows of ``window`` held-out embeddings (disjoint from the reference) are drawn
-    ``n_resamples`` times; each threshold is the (1 - false_alarm_rate) quantile of the
-    statistic over those null windows.
+    ``n_resamples`` windows of ``window`` held-out embeddings (disjoint from the reference)
+    slide over simulated streams, ``every`` rows apart, as the service slides them over
+    traffic (sculptserve.stats.drift_windows). ``rule`` says how the thresholds come from them:
+    ``combined`` (one null level for both statistics, so that a window fires, on either, on
+    ``false_alarm_rate`` of null windows; then lowered until the streams' expected run length
+    reaches ``target_expected_run_length``) or ``per_statistic`` (each statistic's own
+    1 - false_alarm_rate quantile). Bundles written before these fields existed load with
+    ``rule = per_statistic`` and no run-length figures, and are monitored as before.
     """
 
     window: int
-    false_alarm_rate: float
-    n_resamples: int
+    false_alarm_rate: float = Field(
+        description="nominal null fire rate per window (per statistic for per_statistic)"
+    )
+    n_resamples: int = Field(description="null windows the thresholds come from")
     kernel: str
     bandwidth: float = Field(
         description="fixed kernel base scale (RBF median distance / IMQ sigma2) of the reference"
@@ -93,6 +100,33 @@ class DriftCalibration(_Strict):
     reference_lps_linear: float
     null_mmd2_mean: float
     null_lps_linear_mean: float
+    # Calibration for overlapping windows and the alert rule (absent in older bundles).
+    rule: Literal["combined", "per_statistic"] = "per_statistic"
+    null_streams: Literal["bootstrap", "pool"] = Field(
+        default="pool",
+        description="null windows from a bootstrap copy of the pool per stream, or the pool",
+    )
+    every: int | None = Field(default=None, description="evaluation step calibrated for")
+    consecutive: int | None = Field(
+        default=None, description="fired windows in a row that raise the alert, calibrated for"
+    )
+    pool_rows: int | None = Field(default=None, description="held-out rows of the null pool")
+    per_statistic_rate: float | None = Field(
+        default=None, description="each statistic's null tail probability at its threshold"
+    )
+    window_fire_rate: float | None = Field(
+        default=None, description="null windows that fired at these thresholds"
+    )
+    alert_rate: float | None = Field(
+        default=None, description="null evaluations in the alert state"
+    )
+    expected_run_length: float | None = Field(
+        default=None,
+        description="embeddings between false alerts (alert onsets) on the null streams",
+    )
+    target_expected_run_length: float | None = Field(
+        default=None, description="the run length the thresholds were raised to reach, if any"
+    )
 
 
 class ReferenceSpec(_Strict):

@@ -13,12 +13,18 @@ Alert rule. A window *fires* when::
 
 and the monitor is in ``drift`` once ``consecutive`` evaluated windows in a row (default 2)
 have fired. A statistic that is not finite (a degenerate window, e.g. every embedding
-identical: a collapsed encoder) raises the alert at once. Each threshold is the
-(1 - false_alarm_rate) null quantile of its statistic, so with two statistics a single window
-fires under the null with probability up to about twice ``false_alarm_rate`` (about 1.7% seen
-at 0.01); requiring two fired windows in a row keeps a long run of in-distribution traffic
-quiet (with a single-window rule, 23 half-overlapping null windows all stayed quiet in only
-65% of seeds), at the cost of one extra evaluation (``every`` embeddings) of alert latency.
+identical: a collapsed encoder) raises the alert at once.
+
+What the thresholds promise depends on the bundle's calibration (``sculpt export``, see
+:mod:`sculptserve.stats.drift_windows`). Current bundles (``rule = combined``) were calibrated
+on simulated streams of overlapping windows with this very rule: a window fires on
+``false_alarm_rate`` of in-distribution windows (both statistics together), and false alerts
+start on average every ``expected_run_length`` embeddings (the ERL, reported by ``/drift`` and
+the ``sculpt_drift_expected_run_length`` gauge). That promise holds for the calibrated
+``window``, ``every`` and ``consecutive``, which are therefore the defaults here; with other
+values the monitor warns and reports no ERL. Older bundles (``rule = per_statistic``) hold
+each statistic's (1 - false_alarm_rate) null quantile: a window fired on 3.6-4% of
+in-distribution windows at 0.01 (benchmarks/RESULTS.md), and they report no ERL.
 
 Prometheus metrics and several workers
 --------------------------------------
@@ -93,32 +99,50 @@ class DriftConfig:
 
     - ``window``: rows per evaluated window (default ``calibration.window``: the thresholds are
       only calibrated for that size);
-    - ``every``: evaluate every K new embeddings (default ``window // 2``);
+    - ``every``: evaluate every K new embeddings (default the calibrated one, else
+      ``window // 2``);
     - ``max_pending``: bound on embeddings waiting to enter the window; beyond it the oldest
       are dropped and counted (default ``window``: rows older than a full window would be
       pushed out of it before any evaluation anyway);
-    - ``consecutive``: fired windows in a row that raise the alert (see the module docstring).
+    - ``consecutive``: fired windows in a row that raise the alert (default the calibrated
+      one, else 2; see the module docstring).
     """
 
     window: int | None = None
     every: int | None = None
     max_pending: int | None = None
-    consecutive: int = 2
+    consecutive: int | None = None
 
     def resolved(self, calibration: DriftCalibration) -> DriftConfig:
         """A copy with every field set, checked."""
         window = int(self.window if self.window is not None else calibration.window)
-        every = int(self.every if self.every is not None else max(1, window // 2))
+        default_every = calibration.every if window == calibration.window else None
+        every = _first_set(self.every, default_every, max(1, window // 2))
         max_pending = int(self.max_pending if self.max_pending is not None else window)
+        consecutive = _first_set(self.consecutive, calibration.consecutive, 2)
         if window < 4:
             raise ValueError(f"window must be >= 4 embeddings, got {window}")
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
-        if self.consecutive < 1:
-            raise ValueError(f"consecutive must be >= 1, got {self.consecutive}")
-        return replace(self, window=window, every=every, max_pending=max_pending)
+        if consecutive < 1:
+            raise ValueError(f"consecutive must be >= 1, got {consecutive}")
+        return replace(
+            self, window=window, every=every, max_pending=max_pending, consecutive=consecutive
+        )
+
+    def calibrated_for(self, calibration: DriftCalibration) -> bool:
+        """Whether the calibration's alert budget (its ERL) holds for this resolved config."""
+        return (self.window, self.every, self.consecutive) == (
+            calibration.window,
+            calibration.every,
+            calibration.consecutive,
+        )
+
+
+def _first_set(*values: int | None) -> int:
+    return int(next(v for v in values if v is not None))
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -136,6 +160,9 @@ class DriftReport(Result):
 
     Statistics are ``None`` while ``state == "warming_up"`` (no full window evaluated yet).
     ``fired`` names the statistics over their threshold on the latest window.
+    ``expected_run_length`` is the calibration's (embeddings between false alerts on
+    in-distribution traffic); ``None`` for bundles calibrated before it existed or a
+    window/every/consecutive other than the calibrated ones.
     """
 
     state: str
@@ -155,6 +182,8 @@ class DriftReport(Result):
     windows_evaluated: int
     dropped: int
     false_alarm_rate: float
+    consecutive: int
+    expected_run_length: float | None  # calibrated embeddings between false alerts, if known
     last_evaluated_at: str | None = field(default=None)
 
     def to_dict(self) -> dict:
@@ -175,6 +204,11 @@ _GAUGES: dict[str, tuple[str, str]] = {
     ),
     "sculpt_drift_reference_lps_linear": ("Linear LPS of the reference embeddings", "liveall"),
     "sculpt_drift_alert": ("1 when the latest window is in drift, else 0", "livemax"),
+    "sculpt_drift_expected_run_length": (
+        "Embeddings between false drift alerts the thresholds were calibrated for "
+        "(NaN: not calibrated for this window/every/consecutive)",
+        "liveall",
+    ),
     "sculpt_drift_max_abs_mean_shift": (
         "Largest per-dimension |window mean - reference mean| / reference std",
         "liveall",
@@ -230,6 +264,7 @@ class _Metrics:
         self.lps_linear_threshold = child("sculpt_drift_lps_linear_threshold")
         self.reference_lps_linear = child("sculpt_drift_reference_lps_linear")
         self.alert = child("sculpt_drift_alert")
+        self.expected_run_length = child("sculpt_drift_expected_run_length")
         self.max_abs_mean_shift = child("sculpt_drift_max_abs_mean_shift")
         self.served = child("sculpt_embeddings_served_total")
         self.evaluated = child("sculpt_drift_windows_evaluated_total")
@@ -286,6 +321,22 @@ class DriftMonitor:
                 self._window_size,
                 calibration.window,
             )
+        # the calibrated run length only holds for the alert rule it was simulated with
+        self.expected_run_length = (
+            calibration.expected_run_length if self.config.calibrated_for(calibration) else None
+        )
+        if calibration.expected_run_length is not None and self.expected_run_length is None:
+            log.warning(
+                "drift monitor runs window=%d every=%d consecutive=%d, calibrated for %d/%s/%s: "
+                "the calibrated expected run length (%.0f embeddings) does not hold",
+                self._window_size,
+                self._every,
+                self.config.consecutive,
+                calibration.window,
+                calibration.every,
+                calibration.consecutive,
+                calibration.expected_run_length,
+            )
         if scorer is None:
             scorer = WindowScorer(ref[: calibration.reference_rows], calibration.kernel)
             scale = scorer.kernel.fixed_scale
@@ -327,6 +378,9 @@ class DriftMonitor:
         m.mmd2_threshold.set(calibration.mmd2_threshold)
         m.lps_linear_threshold.set(calibration.lps_linear_threshold)
         m.reference_lps_linear.set(calibration.reference_lps_linear)
+        m.expected_run_length.set(
+            math.nan if self.expected_run_length is None else self.expected_run_length
+        )
         m.alert.set(0)
         for gauge in (m.mmd2, m.lps_linear, m.max_abs_mean_shift):
             gauge.set(math.nan)  # no window yet: "no value", not a misleading 0
@@ -496,6 +550,8 @@ class DriftMonitor:
             windows_evaluated=evaluated,
             dropped=dropped,
             false_alarm_rate=cal.false_alarm_rate,
+            consecutive=int(self.config.consecutive),  # type: ignore[arg-type]
+            expected_run_length=self.expected_run_length,
             last_evaluated_at=last_at,
         )
 
