@@ -22,19 +22,14 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sculptserve.serving.http.errors import ErrorType, send_error
 from sculptserve.serving.settings import load_settings
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Probes, scrapes and docs must work without the key (orchestrators and Prometheus have none);
 # the Open Inference Protocol's health routes are probes too (KServe points its probes there).

@@ -44,11 +44,12 @@ import socket
 import struct
 import sys
 import threading
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sculptserve.serving.http.worker import listening_sockets, running_uvicorn_server
 
@@ -62,11 +63,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Set once this process has started draining: a process receives the signal, so the state is
 # the process's. DrainingMiddleware (built by BentoML before the service exists) reads it.

@@ -27,10 +27,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sculptserve.serving.http.worker import running_uvicorn_server
 from sculptserve.serving.settings import load_settings
@@ -38,12 +38,6 @@ from sculptserve.serving.settings import load_settings
 __all__ = ["BodyTimeout", "header_deadline_protocol", "install_header_timeout"]
 
 log = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def _error_json(text: str) -> bytes:
