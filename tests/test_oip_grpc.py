@@ -12,7 +12,6 @@ define the same protobuf package, which one process cannot hold twice.
 
 from __future__ import annotations
 
-import base64
 import importlib.util
 import json
 import math
@@ -28,6 +27,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from array_json import decode, encode
 from bundle_factory import make_bundle, toy_decode, toy_encode, toy_weights
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, generate_latest
@@ -61,20 +61,6 @@ INVALID = "StatusCode.INVALID_ARGUMENT"
 
 
 # --- the tritonclient process ---------------------------------------------------------------
-
-
-def encode(array: np.ndarray) -> dict[str, Any]:
-    array = np.ascontiguousarray(array)
-    return {
-        "b64": base64.b64encode(array.tobytes()).decode(),
-        "dtype": array.dtype.str,
-        "shape": list(array.shape),
-    }
-
-
-def decode(obj: dict[str, Any]) -> np.ndarray:
-    raw = base64.b64decode(obj["b64"])
-    return np.frombuffer(raw, dtype=np.dtype(obj["dtype"])).reshape(obj["shape"])
 
 
 class Triton:

@@ -27,35 +27,19 @@ Arrays travel as ``{"b64", "dtype", "shape"}`` (raw little-endian bytes). Answer
 
 from __future__ import annotations
 
-import base64
 import json
 import sys
 import traceback
 from typing import Any
 
-import numpy as np
 import tritonclient.grpc as triton
+from array_json import decode, encode
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 _clients: dict[str, triton.InferenceServerClient] = {}
-
-
-def encode(array: np.ndarray) -> dict[str, Any]:
-    array = np.ascontiguousarray(array)
-    little = array.astype(array.dtype.newbyteorder("<"), copy=False)
-    return {
-        "b64": base64.b64encode(little.tobytes()).decode(),
-        "dtype": little.dtype.str,
-        "shape": list(array.shape),
-    }
-
-
-def decode(obj: dict[str, Any]) -> np.ndarray:
-    raw = base64.b64decode(obj["b64"])
-    return np.frombuffer(raw, dtype=np.dtype(obj["dtype"])).reshape(obj["shape"])
 
 
 def client(url: str) -> triton.InferenceServerClient:
