@@ -29,12 +29,16 @@ from test_deploy_support import (
     find,
     promql_metric_names,
     promtool,
+    recorded_names,
     render,
     rule_exprs,
 )
 
 from sculptserve.serving import drift
+from sculptserve.serving import metrics as core_metrics
 from sculptserve.serving.grpc import metrics as grpc_metrics
+
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -66,6 +70,20 @@ def test_the_issue_s_alerts_exist() -> None:
     assert 'grpc_code=~"Unknown|DeadlineExceeded|Internal|Unavailable|DataLoss"' in grpc_errors
     for expr in (grpc_latency, grpc_errors):
         assert 'grpc_service=~"sculpt.v1.Sculpt|inference.GRPCInferenceService"' in expr
+    # the core's metrics (issue 14): a stalled drift monitor by the age of its last evaluation
+    # while embeddings flow, and the model's p99 against the requests' p99
+    stalled = alerts["SculptDriftMonitorStalled"]
+    age = (
+        "time() - max by (namespace, pod, worker) (sculpt_drift_last_evaluation_timestamp_seconds)"
+    )
+    assert age in stalled
+    assert "increase(sculpt_embeddings_served_total[15m])" in stalled
+    assert (
+        "sculpt_inference_duration_seconds_bucket"
+        in alerts["sculpt:inference_duration_seconds:p99_5m"]
+    )
+    overhead = alerts["sculpt:embed_serving_overhead_seconds:p99_5m"]
+    assert {"sculpt:embed_request_duration_seconds:p99_5m"} < promql_metric_names(overhead)
 
 
 def test_promtool_checks_the_rules() -> None:
@@ -78,12 +96,18 @@ def test_promtool_rule_unit_tests_pass() -> None:
     result = _run(promtool(), "test", "rules", str(RULES_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
-    tested = {
-        case["alertname"]
-        for test in yaml.safe_load(RULES_TESTS.read_text(encoding="utf-8"))["tests"]
-        for case in test["alert_rule_test"]
+    tests = yaml.safe_load(RULES_TESTS.read_text(encoding="utf-8"))["tests"]
+    tested = {case["alertname"] for test in tests for case in test.get("alert_rule_test", [])}
+    recorded = recorded_names()
+    alerts = {name for name, _ in rule_exprs()} - recorded
+    assert tested == alerts, "every alert has a unit test"
+    read = {
+        name
+        for test in tests
+        for case in test.get("promql_expr_test", [])
+        for name in promql_metric_names(case["expr"])
     }
-    assert tested == {name for name, _ in rule_exprs()}, "every alert has a unit test"
+    assert recorded and read == recorded, "every recording rule has a unit test"
 
 
 @pytest.mark.parametrize(
@@ -94,6 +118,21 @@ def test_promtool_rule_unit_tests_pass() -> None:
         # the gRPC error alert must not count client mistakes: as NotFound, the 2% of
         # Internal calls no longer fire it
         ('grpc_method="Embed", grpc_code="Internal"', 'grpc_method="Embed", grpc_code="NotFound"'),
+        # the stalled-monitor alert: a second stale worker under traffic fires too...
+        (
+            'pod="sculpt-c", worker="2"}\'\n        values: "0+60x40"',
+            'pod="sculpt-c", worker="2"}\'\n        values: "60x40"',
+        ),
+        # ...and so does the stale idle worker once it serves
+        (
+            'pod="sculpt-d", worker="1"}\'\n        values: "0x40"',
+            'pod="sculpt-d", worker="1"}\'\n        values: "0+200x40"',
+        ),
+        # the embedding requests' p99 reads /embed and /embed/files, not /reconstruct
+        (
+            'endpoint="/reconstruct", http_response_code="200", le="+Inf"',
+            'endpoint="/embed/files", http_response_code="200", le="+Inf"',
+        ),
     ],
 )
 def test_promtool_rule_unit_tests_can_fail(tmp_path: Path, old: str, new: str) -> None:
@@ -122,12 +161,20 @@ def test_metric_sample_matches_the_code() -> None:
     and the gRPC server's (as grpc/metrics.py names them), plus BentoML's own."""
     names = exported_metric_names()
     sculpt = {n for n in names if n.startswith("sculpt_")}
-    assert sculpt == set(drift._GAUGES) | set(drift._COUNTERS)
+    core = {
+        core_metrics.MODEL_INFO,
+        *(
+            histogram + suffix
+            for histogram in (core_metrics.INFERENCE_SECONDS, core_metrics.BATCH_ROWS)
+            for suffix in HISTOGRAM_SUFFIXES
+        ),
+    }
+    assert sculpt == set(drift._GAUGES) | set(drift._COUNTERS) | core
     histogram = grpc_metrics.HANDLING_SECONDS
     assert {n for n in names if n.startswith("grpc_")} == {
         grpc_metrics.STARTED,
         grpc_metrics.HANDLED,
-        *(histogram + suffix for suffix in ("_bucket", "_sum", "_count")),
+        *(histogram + suffix for suffix in HISTOGRAM_SUFFIXES),
     }
     assert {
         "bentoml_service_request_total",
@@ -139,6 +186,8 @@ def test_metric_sample_matches_the_code() -> None:
 def test_queries_read_only_exported_metrics(source: str) -> None:
     exported = exported_metric_names()
     pairs = rule_exprs() if source == "rules" else dashboard_exprs()
+    if source == "rules":
+        exported |= recorded_names()  # a rule may read what another records
     for title, expr in pairs:
         names = promql_metric_names(expr)
         assert names, f"{title}: no metric in {expr!r}"
@@ -170,6 +219,14 @@ def test_dashboard_has_the_panels_the_issue_asks_for() -> None:
     panel_with("rate(grpc_server_started_total")  # gRPC call rate
     panel_with("histogram_quantile(0.99,", "grpc_server_handling_seconds_bucket")  # gRPC p99
     panel_with("grpc_server_handled_total", 'grpc_code!="OK"')  # gRPC errors by code
+    # the core's metrics (issue 14)
+    panel_with(  # model time per ONNX Runtime call, p50 and p99 per model
+        "histogram_quantile(0.5,", "histogram_quantile(0.99,", "sculpt_inference_duration_seconds"
+    )
+    panel_with("sculpt_inference_duration_seconds", "bentoml_service_request_duration_seconds")
+    panel_with("sculpt_batch_rows_sum", "sculpt_batch_rows_count")  # rows per call
+    panel_with("sculpt_model_info")
+    panel_with("time() - ", "sculpt_drift_last_evaluation_timestamp_seconds")
     for panel in panels:
         assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
         pos = panel["gridPos"]

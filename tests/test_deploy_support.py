@@ -323,11 +323,16 @@ def concrete_promql(expr: str) -> str:
     return expr.replace("$__rate_interval", "1m").replace("$namespace", ".*").replace("$pod", ".*")
 
 
-def rule_exprs() -> list[tuple[str, str]]:
-    """(alert name, expression) of every rule in deploy/prometheus/sculpt-rules.yml."""
+def _rules() -> list[dict[str, Any]]:
     rules = yaml.safe_load(RULES_FILE.read_text(encoding="utf-8"))
-    return [
-        (rule.get("alert") or rule["record"], str(rule["expr"]))
-        for group in rules["groups"]
-        for rule in group["rules"]
-    ]
+    return [rule for group in rules["groups"] for rule in group["rules"]]
+
+
+def rule_exprs() -> list[tuple[str, str]]:
+    """(alert or recorded name, expression) of every rule in deploy/prometheus/sculpt-rules.yml."""
+    return [(rule.get("alert") or rule["record"], str(rule["expr"])) for rule in _rules()]
+
+
+def recorded_names() -> set[str]:
+    """The series the recording rules of sculpt-rules.yml write (other rules may read them)."""
+    return {rule["record"] for rule in _rules() if "record" in rule}

@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 import pytest
 from bundle_factory import make_bundle, toy_encode, toy_weights
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from sculptserve.bundle.load import bundle_digest
 from sculptserve.serving.http.service import SculptService
 
 SHAPE = (1, 4, 4)
@@ -288,14 +290,38 @@ def test_drift_warms_up_then_reports_ok(client: TestClient) -> None:
     assert report["mmd2"] is not None and report["mmd2_threshold"] > 0
 
 
-def test_health_metrics_and_docs(client: TestClient) -> None:
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A /metrics text: (sample name, sorted labels) -> value."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_health_metrics_and_docs(client: TestClient, bundle_dir: Path) -> None:
     assert client.get("/livez").status_code == 200
     assert client.get("/readyz").status_code == 200
+    before = _samples(client.get("/metrics").text)
     client.post("/embed", json={"inputs": _inputs(2).tolist()})
     metrics = client.get("/metrics")
     assert metrics.status_code == 200
     assert "sculpt_embeddings_served_total" in metrics.text
     assert "sculpt_drift_alert" in metrics.text
+    # The core's own series (issue 14): one encoder call of the request's 2 rows, the bundle
+    # served, the drift monitor's last evaluation (its start, before a full window).
+    after = _samples(metrics.text)
+    encoder = (("model", "encoder"),)
+    for name, delta in (
+        ("sculpt_inference_duration_seconds_count", 1),
+        ("sculpt_batch_rows_count", 1),
+        ("sculpt_batch_rows_sum", 2),
+    ):
+        assert after[(name, encoder)] - before.get((name, encoder), 0) == delta, name
+    info = (("digest", bundle_digest(bundle_dir)), ("name", "toy"), ("version", "v1"))
+    assert after[("sculpt_model_info", info)] == 1
+    stamp = after[("sculpt_drift_last_evaluation_timestamp_seconds", (("worker", "0"),))]
+    assert stamp <= time.time()
     spec = client.get("/docs.json").json()
     assert spec["openapi"].startswith("3.")
     assert set(API_ROUTES) <= set(spec["paths"])

@@ -32,6 +32,7 @@ from sculptserve.serving.inputs import (
     decode_inputs,
     parse_fixed_dims,
 )
+from sculptserve.serving.metrics import CoreMetrics
 from sculptserve.serving.runtime import EmbeddingRuntime, RuntimeConfig
 
 if TYPE_CHECKING:
@@ -159,14 +160,17 @@ class EmbeddingApp:
     ) -> None:
         self.bundle = bundle
         self.limits = limits or ServiceLimits()
-        self.runtime = EmbeddingRuntime(bundle, runtime_config)
-        self.batch_config = batch_config or BatchConfig()
-        self.prior = self.runtime.prior
-        self.spec = bundle.manifest.input
-        # Where the app's metrics go: the drift monitor's, and the gRPC server's built on it.
+        # Where the app's metrics go: its own (serving.metrics), the drift monitor's, and the
+        # gRPC server's built on it.
         self.metrics_registry = (
             metrics_registry if metrics_registry is not None else prometheus_client.REGISTRY
         )
+        self.metrics = CoreMetrics(self.metrics_registry)
+        # Every ONNX Runtime call is timed where it runs, whoever calls (batcher included).
+        self.runtime = EmbeddingRuntime(bundle, runtime_config, observer=self.metrics.observe_call)
+        self.batch_config = batch_config or BatchConfig()
+        self.prior = self.runtime.prior
+        self.spec = bundle.manifest.input
         self.monitor = (
             DriftMonitor(
                 bundle.reference(),
@@ -180,6 +184,7 @@ class EmbeddingApp:
             if drift_enabled
             else None
         )
+        self.metrics.serving(bundle)  # once the bundle's sessions and monitor are up
         # Last, so a failure above leaves no dispatcher thread behind. Concurrent embed requests
         # share encoder calls (serving.batching); None: each request is its own ORT call.
         self.batcher: MicroBatcher | None = None

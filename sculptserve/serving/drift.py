@@ -48,7 +48,11 @@ built with ``multiprocess.MultiProcessCollector``):
   must call ``multiprocess.mark_process_dead(pid)`` on worker exit, as gunicorn's
   ``child_exit`` hook does);
 - the alert gauge uses ``"livemax"``: 1 if any live process with those labels is in drift, so
-  it stays a correct alert even if workers are not given distinct labels.
+  it stays a correct alert even if workers are not given distinct labels;
+- ``sculpt_drift_last_evaluation_timestamp_seconds`` (unix time of the latest evaluated window;
+  the monitor's start until the first one, so a monitor that never evaluates looks stale too)
+  uses ``"max"``: timestamps only grow, so the largest over every process that had those labels
+  is the latest evaluation, and a restarted worker's start time supersedes its predecessor's.
 
 Alert in PromQL with ``max(sculpt_drift_alert) == 1``.
 
@@ -68,7 +72,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import weakref
+import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -79,6 +83,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from sculptserve.bundle.schema import DriftCalibration
+from sculptserve.serving.metrics import registered
 from sculptserve.stats.drift_windows import WindowScorer, WindowStatistics
 from sculptserve.stats.results import Result
 
@@ -213,6 +218,10 @@ _GAUGES: dict[str, tuple[str, str]] = {
         "Largest per-dimension |window mean - reference mean| / reference std",
         "liveall",
     ),
+    "sculpt_drift_last_evaluation_timestamp_seconds": (
+        "Unix time of the latest evaluated drift window (the monitor's start before the first)",
+        "max",
+    ),
 }
 _COUNTERS: dict[str, str] = {
     "sculpt_embeddings_served_total": "Embeddings seen by the drift monitor (served)",
@@ -220,30 +229,21 @@ _COUNTERS: dict[str, str] = {
     "sculpt_drift_dropped_total": "Embeddings dropped before reaching a drift window (backlog)",
 }
 
-_metrics_lock = threading.Lock()
-# Keyed weakly by registry so throwaway test registries do not pin their metrics forever.
-_metrics_cache: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, Any]] = (
-    weakref.WeakKeyDictionary()
-)
-
 
 def _metric(registry: CollectorRegistry, name: str, labelnames: tuple[str, ...]) -> Any:
-    with _metrics_lock:
-        cache = _metrics_cache.setdefault(registry, {})
-        metric = cache.get(name)
-        if metric is None:
-            if name in _GAUGES:
-                doc, mode = _GAUGES[name]
-                metric = Gauge(name, doc, labelnames, registry=registry, multiprocess_mode=mode)
-            else:
-                metric = Counter(name, _COUNTERS[name], labelnames, registry=registry)
-            cache[name] = metric
-        elif tuple(metric._labelnames) != labelnames:
-            raise ValueError(
-                f"metric {name} already exists on this registry with labels "
-                f"{list(metric._labelnames)}; every drift monitor on one registry must use the "
-                f"same label names, got {list(labelnames)}"
-            )
+    def create() -> Any:
+        if name in _GAUGES:
+            doc, mode = _GAUGES[name]
+            return Gauge(name, doc, labelnames, registry=registry, multiprocess_mode=mode)
+        return Counter(name, _COUNTERS[name], labelnames, registry=registry)
+
+    metric = registered(registry, name, create)
+    if tuple(metric._labelnames) != labelnames:
+        raise ValueError(
+            f"metric {name} already exists on this registry with labels "
+            f"{list(metric._labelnames)}; every drift monitor on one registry must use the "
+            f"same label names, got {list(labelnames)}"
+        )
     return metric
 
 
@@ -266,6 +266,7 @@ class _Metrics:
         self.alert = child("sculpt_drift_alert")
         self.expected_run_length = child("sculpt_drift_expected_run_length")
         self.max_abs_mean_shift = child("sculpt_drift_max_abs_mean_shift")
+        self.last_evaluation = child("sculpt_drift_last_evaluation_timestamp_seconds")
         self.served = child("sculpt_embeddings_served_total")
         self.evaluated = child("sculpt_drift_windows_evaluated_total")
         self.dropped = child("sculpt_drift_dropped_total")
@@ -382,6 +383,7 @@ class DriftMonitor:
             math.nan if self.expected_run_length is None else self.expected_run_length
         )
         m.alert.set(0)
+        m.last_evaluation.set(time.time())  # the staleness clock starts now (module docstring)
         for gauge in (m.mmd2, m.lps_linear, m.max_abs_mean_shift):
             gauge.set(math.nan)  # no window yet: "no value", not a misleading 0
 
@@ -503,7 +505,9 @@ class DriftMonitor:
             alert = broken or self._streak >= int(self.config.consecutive)
             m.alert.set(1 if alert else 0)
             m.evaluated.inc()
-            at = datetime.now(UTC).isoformat(timespec="milliseconds")
+            now = datetime.now(UTC)
+            m.last_evaluation.set(now.timestamp())
+            at = now.isoformat(timespec="milliseconds")
             self._state = (stats, fired, self._state[2] + 1, at, alert)
             return True
 

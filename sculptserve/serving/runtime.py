@@ -20,13 +20,18 @@ Configuration (:class:`RuntimeConfig`; from the environment through
   2 intra-op threads, batches of 8 spaced like requests: spinning took 1.4-1.8 ms of CPU per
   embedding against 0.7-0.8 ms without, for no lower latency; a server shares its cores with
   the HTTP event loop, which the spinning threads starve (benchmarks/RESULTS.md).
+
+``observer`` (optional, a :data:`CallObserver`) is told the model, the rows and the wall time of
+every ``session.run``; the service core records them as Prometheus metrics
+(:mod:`sculptserve.serving.metrics`). Without one the runtime knows nothing of metrics.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +44,7 @@ from sculptserve.serving.inputs import check_model_input, parse_fixed_dims
 
 __all__ = [
     "PROVIDER_ALIASES",
+    "CallObserver",
     "EmbeddingRuntime",
     "RuntimeConfig",
     "available_cpus",
@@ -57,6 +63,8 @@ PROVIDER_ALIASES: dict[str, str] = {
 _DEFAULT_PREFERENCE = ("CUDAExecutionProvider", "CPUExecutionProvider")
 # graph input type -> numpy dtype to feed (an fp16 bundle may take float16 inputs)
 _FEED_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+# (model role "encoder" | "decoder", rows, seconds) of one session.run, after it returned
+CallObserver = Callable[[str, int, float], None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,6 +187,7 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class _Graph:
+    role: str  # "encoder" | "decoder"
     session: Any  # onnxruntime.InferenceSession
     input_name: str
     output_name: str
@@ -190,13 +199,20 @@ class EmbeddingRuntime:
 
     Attributes: ``bundle``, ``manifest``, ``config``, ``providers`` (the providers the sessions
     actually use, e.g. CPU only when CUDA failed to initialize), ``intra_op_threads``,
-    ``latent_dim``, ``input_shape``, ``prior``.
+    ``latent_dim``, ``input_shape``, ``prior``, ``observer`` (see the module docstring).
     """
 
-    def __init__(self, bundle: Bundle, config: RuntimeConfig | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        config: RuntimeConfig | None = None,
+        *,
+        observer: CallObserver | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         self.bundle = bundle
+        self.observer = observer
         self.manifest = bundle.manifest
         self.config = config if config is not None else RuntimeConfig()
         self.latent_dim = int(self.manifest.latent_dim)
@@ -235,15 +251,19 @@ class EmbeddingRuntime:
             ) from None
         validate_session(self.manifest, role, session, file)
         in_type = session.get_inputs()[0].type
-        return _Graph(session, spec.input_name, spec.output_name, _FEED_DTYPES[in_type])
+        return _Graph(role, session, spec.input_name, spec.output_name, _FEED_DTYPES[in_type])
 
     def _run(self, graph: _Graph, x: np.ndarray) -> np.ndarray:
         """Run ``graph`` on ``x`` in chunks of at most ``max_batch`` rows; float32 out."""
         step = self.config.max_batch
+        observe = self.observer
         outs = []
         for start in range(0, len(x), step):
-            feed = {graph.input_name: x[start : start + step].astype(graph.feed_dtype, copy=False)}
-            outs.append(graph.session.run([graph.output_name], feed)[0])
+            chunk = x[start : start + step].astype(graph.feed_dtype, copy=False)
+            began = time.perf_counter()
+            outs.append(graph.session.run([graph.output_name], {graph.input_name: chunk})[0])
+            if observe is not None:  # the model's own time: no request or answer coding
+                observe(graph.role, len(chunk), time.perf_counter() - began)
         out = outs[0] if len(outs) == 1 else np.concatenate(outs)
         return np.asarray(out, dtype=np.float32)
 

@@ -26,17 +26,15 @@ status of a call is what the client receives: ``context.abort``'s code, a code s
 The metrics go to the app's registry (``prometheus_client``'s default one in the service), so
 /metrics shows them; under ``PROMETHEUS_MULTIPROC_DIR`` (BentoML workers) they are summed across
 processes like the drift monitor's counters. As in :mod:`sculptserve.serving.drift`, metric
-objects are created once per (registry, name) and cached, so several servers may share one
-registry (their counts add up).
+objects are created once per (registry, name) (:func:`sculptserve.serving.metrics.registered`),
+so several servers may share one registry (their counts add up).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import threading
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +42,8 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from sculptserve.serving.metrics import registered
 
 __all__ = [
     "BUCKETS",
@@ -97,43 +97,42 @@ _HANDLERS: dict[tuple[bool, bool], tuple[str, Callable[..., grpc.RpcMethodHandle
 }
 _METHOD_LABELS = ("grpc_type", "grpc_service", "grpc_method")
 
-_metrics_lock = threading.Lock()
-# Keyed weakly by registry so throwaway test registries do not pin their metrics forever.
-_metrics_cache: weakref.WeakKeyDictionary[CollectorRegistry, tuple[Any, Any, Any]] = (
-    weakref.WeakKeyDictionary()
-)
-
 
 def _metrics(registry: CollectorRegistry) -> tuple[Any, Any, Any]:
     """(started, handled, handling seconds) on ``registry``, created once."""
-    with _metrics_lock:
-        metrics = _metrics_cache.get(registry)
-        if metrics is None:
-            metrics = (
-                Counter(
-                    STARTED,
-                    "Total number of RPCs started on the server.",
-                    _METHOD_LABELS,
-                    registry=registry,
-                ),
-                Counter(
-                    HANDLED,
-                    "Total number of RPCs completed on the server, regardless of success or "
-                    "failure.",
-                    (*_METHOD_LABELS, "grpc_code"),
-                    registry=registry,
-                ),
-                Histogram(
-                    HANDLING_SECONDS,
-                    "Histogram of response latency (seconds) of gRPC that had been application-"
-                    "level handled by the server.",
-                    _METHOD_LABELS,
-                    registry=registry,
-                    buckets=BUCKETS,
-                ),
-            )
-            _metrics_cache[registry] = metrics
-    return metrics
+    started = registered(
+        registry,
+        STARTED,
+        lambda: Counter(
+            STARTED,
+            "Total number of RPCs started on the server.",
+            _METHOD_LABELS,
+            registry=registry,
+        ),
+    )
+    handled = registered(
+        registry,
+        HANDLED,
+        lambda: Counter(
+            HANDLED,
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+            (*_METHOD_LABELS, "grpc_code"),
+            registry=registry,
+        ),
+    )
+    seconds = registered(
+        registry,
+        HANDLING_SECONDS,
+        lambda: Histogram(
+            HANDLING_SECONDS,
+            "Histogram of response latency (seconds) of gRPC that had been application-level "
+            "handled by the server.",
+            _METHOD_LABELS,
+            registry=registry,
+            buckets=BUCKETS,
+        ),
+    )
+    return started, handled, seconds
 
 
 @dataclass(frozen=True)

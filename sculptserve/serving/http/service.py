@@ -52,10 +52,13 @@ still served these routes).
 Metrics
 -------
 The drift monitor's metrics (``sculpt_drift_*``, ``sculpt_embeddings_served_total``) go to
-``prometheus_client``'s default registry, labelled ``worker=<BentoML worker index>``. BentoML
-sets ``PROMETHEUS_MULTIPROC_DIR`` before prometheus_client is imported and builds ``/metrics``
-with a ``MultiProcessCollector``, so they appear there beside ``bentoml_service_*``, summed
-(counters) or per process (gauges) across workers; see :mod:`sculptserve.serving.drift`.
+``prometheus_client``'s default registry, labelled ``worker=<BentoML worker index>``, as do the
+core's (``sculpt_inference_duration_seconds``, ``sculpt_batch_rows``, ``sculpt_model_info``:
+:mod:`sculptserve.serving.metrics`) and the gRPC server's. BentoML sets
+``PROMETHEUS_MULTIPROC_DIR`` before prometheus_client is imported and builds ``/metrics`` with
+a ``MultiProcessCollector``, so they appear there beside ``bentoml_service_*``, summed
+(counters, histograms) or per process or by max (gauges) across workers; see
+:mod:`sculptserve.serving.drift` and :mod:`sculptserve.serving.metrics`.
 """
 
 from __future__ import annotations
