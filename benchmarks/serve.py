@@ -48,6 +48,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,12 +56,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe
 
 from sculptserve.bundle.load import load_bundle
 from sculptserve.bundle.schema import Manifest
+from sculptserve.serving.grpc import grpc_predict_v2_pb2 as pb
+from sculptserve.serving.grpc.server import INFERENCE_SERVICE_NAME
 from sculptserve.serving.http.npy import NPY
 from sculptserve.serving.http.oip import HEADER_LENGTH
 from sculptserve.serving.inputs import raw_items
@@ -85,6 +89,10 @@ function done(summary, latency, requests)
     summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
     latency:percentile(50), latency:percentile(99)))
 end
+-- a failed request's status and body go to stderr (kept by the benchmark for its report)
+function response(status, headers, body)
+  if status >= 300 then io.stderr:write("FAILED " .. status .. " " .. body .. "\n") end
+end
 """
 
 
@@ -93,11 +101,13 @@ end
 
 @dataclass(frozen=True)
 class Request:
-    """One prepared request: its route, body and headers."""
+    """One prepared request: its route, body and headers, and whether it goes to the gRPC
+    port (HTTP/2, one length-prefixed message as the body) or to the REST port."""
 
     route: str
     body: bytes
     headers: dict[str, str]
+    grpc: bool = False
 
 
 def _embed_json(manifest: Manifest, x: np.ndarray) -> Request:
@@ -127,11 +137,30 @@ def _oip_binary(manifest: Manifest, x: np.ndarray) -> Request:
     )
 
 
+def _grpc_oip(manifest: Manifest, x: np.ndarray) -> Request:
+    """ModelInfer with raw_input_contents, framed as gRPC puts it on the wire (a 0 byte for
+    "not compressed", the message length big-endian, the message), so that a generic HTTP/2
+    load generator can send it."""
+    graph = manifest.onnx.encoder
+    message = pb.ModelInferRequest(model_name=manifest.name)
+    message.inputs.add(name=graph.input_name, datatype="FP32", shape=list(x.shape))
+    message.outputs.add(name=graph.output_name)
+    message.raw_input_contents.append(np.ascontiguousarray(x, dtype="<f4").tobytes())
+    payload = message.SerializeToString()
+    return Request(
+        f"/{INFERENCE_SERVICE_NAME}/ModelInfer",
+        b"\x00" + len(payload).to_bytes(4, "big") + payload,
+        {"content-type": "application/grpc", "te": "trailers"},
+        grpc=True,
+    )
+
+
 # --path name -> the request of a batch
 PATHS: dict[str, Callable[[Manifest, np.ndarray], Request]] = {
     "embed-json": _embed_json,
     "embed-npy": _embed_npy,
     "oip-binary": _oip_binary,
+    "grpc-oip": _grpc_oip,
 }
 
 
@@ -144,6 +173,7 @@ class Cell:
     cpu_s: float  # server processes' CPU time over the cell
     rows_per_call: float | None  # rows per ONNX Runtime call for /embed (batching on only)
     load: float  # 1-minute load average at the end of the cell
+    failed: int  # requests answered with an error (the run stops at more than 1%)
 
     @property
     def rps(self) -> float:
@@ -159,10 +189,11 @@ def free_port() -> int:
 class Server:
     """One `bentoml serve` of the bundle with the given switches."""
 
-    def __init__(self, bundle: str, batching: bool, drift: bool) -> None:
+    def __init__(self, bundle: str, batching: bool, drift: bool, grpc: bool) -> None:
         self.batching, self.drift = batching, drift
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        self.grpc_base = f"http://127.0.0.1:{free_port()}" if grpc else None
         env = {
             **os.environ,
             "SCULPT_BUNDLE": bundle,
@@ -170,6 +201,8 @@ class Server:
             "SCULPT_MICROBATCH": "on" if batching else "off",
         }
         env.pop("SCULPT_GRPC_PORT", None)
+        if self.grpc_base:
+            env["SCULPT_GRPC_PORT"] = self.grpc_base.rsplit(":", 1)[1]
         self.proc = subprocess.Popen(
             bentoml_serve_command(self.port, "127.0.0.1"),
             env=env,
@@ -215,6 +248,21 @@ class Server:
             return None
         return batching["batches"], batching["rows"]
 
+    def grpc_codes(self) -> Counter[str]:
+        """ModelInfer calls by gRPC code since start, from the server's
+        grpc_server_handled_total (the HTTP/2 load generator sees status 200 either way: gRPC
+        puts its status in the trailers)."""
+        text = httpx.get(f"{self.base}/metrics", timeout=60).text
+        codes: Counter[str] = Counter()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if (
+                    sample.name == "grpc_server_handled_total"
+                    and sample.labels.get("grpc_method") == "ModelInfer"
+                ):
+                    codes[sample.labels["grpc_code"]] += int(sample.value)
+        return codes
+
     def wait_idle(self, timeout: float = 120.0) -> None:
         """Wait until the requests still in flight when the client stopped are done (up to
         concurrency x request cost of CPU), so they do not run into the next cell."""
@@ -255,16 +303,45 @@ def wrk_load(
             "WRK_HEADERS": "".join(f"{k}: {v}\n" for k, v in headers.items()),
         },
         capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    )  # fmt: skip
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
     result = json.loads(line.removeprefix("RESULT "))
-    if result["non2xx"] or result["socket_errors"]:
-        raise RuntimeError(f"wrk saw errors against {url}: {result}")
+    failed = result["non2xx"] + result["socket_errors"]
+    if failed:  # rare failures are reported with the cell; many mean a broken setup
+        print(f"wrk: {failed} failed requests against {url}: {out.stderr[:500]}", file=sys.stderr)
+        if failed > result["requests"] // 100:
+            raise RuntimeError(f"wrk saw errors against {url}: {result}")
     return {
         "requests": result["requests"],
+        "failed": failed,
         "seconds": result["duration_us"] / 1e6,
         "p50_s": result["p50_us"] / 1e6,
         "p99_s": result["p99_us"] / 1e6,
+    }
+
+
+def h2load_load(
+    url: str, body_file: Path, headers: dict[str, str], concurrency: int, seconds: float
+) -> dict:
+    """gRPC load: h2load (nghttp2's HTTP/2 load generator, C) posting the framed message over
+    ``concurrency`` connections of one stream each; latencies from its per-request log."""
+    log = body_file.with_suffix(".h2load.log")
+    log.unlink(missing_ok=True)
+    subprocess.run(
+        ["h2load", "-t1", f"-c{concurrency}", "-m1", f"-D{seconds:g}", "-d", str(body_file),
+         "--log-file", str(log), *(x for k, v in headers.items() for x in ("-H", f"{k}: {v}")),
+         url],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    rows = np.loadtxt(log, dtype=np.int64, ndmin=2)  # start us, HTTP status, elapsed us
+    ok = rows[:, 1] == 200
+    elapsed = rows[ok, 2] / 1e6
+    return {
+        "requests": int(ok.sum()),
+        "failed": int((~ok).sum()),
+        "seconds": float(seconds),
+        "p50_s": float(np.percentile(elapsed, 50)),
+        "p99_s": float(np.percentile(elapsed, 99)),
     }
 
 
@@ -295,6 +372,7 @@ def httpx_load(
     lat = np.array(asyncio.run(_httpx_load(url, body, headers, concurrency, seconds)))
     return {
         "requests": len(lat),
+        "failed": 0,  # raise_for_status above
         "seconds": time.perf_counter() - t0,
         "p50_s": float(np.percentile(lat, 50)),
         "p99_s": float(np.percentile(lat, 99)),
@@ -405,12 +483,29 @@ def main() -> None:
 
     def load(server: Server, path: str, n: int, c: int, seconds: float) -> dict:
         request, body = requests[(path, n)]
+        if request.grpc:
+            assert server.grpc_base is not None
+            before = server.grpc_codes()
+            r = h2load_load(server.grpc_base + request.route, body, request.headers, c, seconds)
+            codes = server.grpc_codes() - before
+            # Canceled: the calls in flight when h2load closed its connections at the end
+            failed = sum(n for code, n in codes.items() if code not in ("OK", "Canceled"))
+            if failed:
+                print(f"gRPC codes of {path}: {dict(codes)}", file=sys.stderr)
+            if failed > r["requests"] // 100:
+                raise RuntimeError(f"{failed} of {r['requests']} gRPC calls failed on {path}")
+            return {**r, "failed": r["failed"] + failed}
         url = server.base + request.route
         if client == "wrk":
             return wrk_load(url, body, request.headers, script, c, seconds)
         return httpx_load(url, body, request.headers, c, seconds)
 
-    servers = [Server(args.bundle, b, d) for b in on_off(args.batching) for d in on_off(args.drift)]
+    grpc = any(requests[(path, args.items[0])][0].grpc for path in args.path)
+    if grpc and not shutil.which("h2load"):
+        parser.error("the grpc-oip path needs h2load (Debian package nghttp2-client)")
+    servers = [
+        Server(args.bundle, b, d, grpc) for b in on_off(args.batching) for d in on_off(args.drift)
+    ]
     cells: dict[tuple[str, bool, bool, int, int], list[Cell]] = {}
     raw: dict[tuple[int, int], list[tuple[float, float]]] = {}
     try:
@@ -435,7 +530,7 @@ def main() -> None:
                             per_call = (b1[1] - b0[1]) / (b1[0] - b0[0])
                         cell = Cell(
                             r["requests"], r["seconds"], r["p50_s"], r["p99_s"], cpu1 - cpu0,
-                            per_call, os.getloadavg()[0],
+                            per_call, os.getloadavg()[0], r["failed"],
                         )  # fmt: skip
                         cells.setdefault((path, s.batching, s.drift, n, c), []).append(cell)
                     raw.setdefault((n, c), []).append(
@@ -472,9 +567,9 @@ def main() -> None:
     print(
         "| path | items | conc | batching | drift | req/s | emb/s | p50 ms | p99 ms "
         "| server CPU ms/req | rows/ORT call | raw ORT emb/s | ratio | best-raw ratio "
-        "| CPU efficiency |"
+        "| CPU efficiency | failed |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     summary: dict[tuple[str, bool, bool, int, int], dict[str, float]] = {}
     for path, n, c, b, d in itertools.product(
         args.path, args.items, args.concurrency, on_off(args.batching), on_off(args.drift)
@@ -496,7 +591,8 @@ def main() -> None:
             f"| {rps:.1f} | {rps * n:.0f} | {row['p50'] * 1e3:.1f} "
             f"| {row['p99'] * 1e3:.1f} | {row['cpu'] * 1e3:.2f} | {rows} "
             f"| {raw_eps:.0f} | {rps * n / raw_eps:.2f} "
-            f"| {rps * n / best_raw[n]:.2f} | {raw_cpu[n] * n / row['cpu']:.2f} |"
+            f"| {rps * n / best_raw[n]:.2f} | {raw_cpu[n] * n / row['cpu']:.2f} "
+            f"| {sum(x.failed for x in cs)} |"
         )
     if len(args.drift) == 2:
         print_effect(

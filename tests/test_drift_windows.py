@@ -6,6 +6,7 @@ import pytest
 from sculptserve.stats.drift_windows import (
     NULL_STREAMS,
     AlertRuns,
+    IncrementalWindowScorer,
     PoolWindows,
     WindowScorer,
     alert_runs,
@@ -267,3 +268,29 @@ def test_alert_rate_on_fresh_overlapping_windows_meets_the_calibrated_budget(gau
     expected = cal.alert_rate * (runs.evaluations + 1)
     assert runs.alert_rate * (runs.evaluations + 1) <= expected + 3 * np.sqrt(2 * expected) + 2
     assert runs.expected_run_length(EVERY) >= 0.5 * cal.expected_run_length
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "imq"])
+def test_incremental_scorer_equals_scoring_each_window_from_scratch(kernel):
+    rng = np.random.default_rng(7)
+    reference = rng.normal(size=(300, 5))
+    scorer = WindowScorer(reference, kernel)
+    incremental = IncrementalWindowScorer(scorer, 64)
+    # pushes of every size the monitor sees: partial fills, exact slides, wrap-arounds, a push
+    # longer than the window, single rows; then drifted rows (other kernel values entirely)
+    sizes = [10, 30, 20, 32, 32, 1, 63, 100, 5, 64, 17, 40]
+    with pytest.raises(ValueError, match="holds 0 of 64 rows"):
+        incremental.score()
+    compared = 0
+    for i, n in enumerate(sizes):
+        rows = rng.normal(loc=0.0 if i < 8 else 1.5, size=(n, 5))
+        incremental.push(rows)
+        if not incremental.full:
+            continue
+        got, want = incremental.score(), scorer.score(incremental.rows)
+        assert got.mmd2 == pytest.approx(want.mmd2, rel=1e-9, abs=1e-12)
+        assert got.lps_linear == want.lps_linear
+        assert got.mean_shift == want.mean_shift and got.std_ratio == want.std_ratio
+        compared += 1
+    assert compared == 9
+    assert incremental.score().mmd2 > 0.1  # the drifted rows fill the last window
