@@ -1,23 +1,30 @@
-"""REST /embed throughput and latency over loopback, against raw ONNX Runtime in-process.
+"""REST and gRPC embedding throughput and latency over loopback, against raw ONNX Runtime.
 
     python benchmarks/serve.py --bundle BUNDLE_DIR [--items 8 64] [--concurrency 1 16 64]
         [--seconds 8] [--repeats 3] [--batching on off] [--drift on off] [--client auto]
-        [--path embed-json embed-npy oip-binary]
+        [--path embed-json embed-npy oip-binary grpc-oip]
 
-Starts one `bentoml serve sculptserve.serving.http.service:SculptService` (HTTP only, one
-worker) per configuration: cross-request batching on/off (SCULPT_MICROBATCH) x drift monitor on/off
-(SCULPT_DRIFT). Each cell sends embedding requests of ``--items`` inputs at a fixed
-concurrency for ``--seconds``, in one of the ``--path`` forms (:data:`PATHS`): ``embed-json``
-(/embed, the compact raw-float32 JSON items; the default), ``embed-npy`` (/embed with an
-``application/x-npy`` body and answer: the binary fast path) or ``oip-binary`` (the Open
-Inference Protocol's infer with the binary tensor data extension, binary output); cells are
-interleaved across configurations and paths and repeated ``--repeats`` times, and the tables
-show medians of the repeats (the machine may be shared: the load average is printed with the
-results). Timings are only worth reading from an idle machine.
+Starts one `bentoml serve sculptserve.serving.http.service:SculptService` (one worker; its gRPC
+server too when a gRPC path is asked for) per configuration: cross-request batching on/off
+(SCULPT_MICROBATCH) x drift monitor on/off (SCULPT_DRIFT). Each cell sends embedding requests
+of ``--items`` inputs at a fixed concurrency for ``--seconds``, in one of the ``--path`` forms
+(:data:`PATHS`): ``embed-json`` (/embed, the compact raw-float32 JSON items; the default),
+``embed-npy`` (/embed with an ``application/x-npy`` body and answer: the binary fast path),
+``oip-binary`` (the Open Inference Protocol's REST infer with the binary tensor data
+extension, binary output) or ``grpc-oip`` (``inference.GRPCInferenceService/ModelInfer`` with
+``raw_input_contents``); cells are interleaved across configurations and paths and repeated
+``--repeats`` times, and the tables show medians of the repeats (the machine may be shared:
+the load average is printed with the results). Timings are only worth reading from an idle
+machine.
 
-Load generator: ``wrk`` (C, one thread, a Lua script posting a fixed body) when it is on
-PATH, so the client takes little of the CPU the server needs; otherwise an httpx asyncio
-client in this process (slower: it competes with the server for the cores).
+Load generators: REST, ``wrk`` (C, one thread, a Lua script posting a fixed body) when it is
+on PATH, so the client takes little of the CPU the server needs; otherwise an httpx asyncio
+client in this process (slower: it competes with the server for the cores). gRPC, ``h2load``
+(nghttp2's HTTP/2 load generator, C; Debian package nghttp2-client), one stream on each of
+``concurrency`` connections, posting the framed protobuf message. A failed request is counted
+in the ``failed`` column (gRPC codes from the server's ``grpc_server_handled_total``, since
+HTTP/2 says 200 either way; ``Canceled`` calls cut off when the client stops at the end of a
+cell are not failures); a cell with more than 1% failures stops the run.
 
 Columns: req/s, emb/s, p50/p99 latency; server CPU ms per request (user + system CPU time of
 the server's processes over the cell, divided by its requests: much less sensitive to other

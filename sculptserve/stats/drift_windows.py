@@ -193,15 +193,21 @@ class SlidingWindow:
     def full(self) -> bool:
         return self.filled == len(self.rows)
 
-    def push(self, rows: np.ndarray) -> np.ndarray:
-        """Write ``rows`` (only the last ``size`` count); returns the ring positions written."""
+    def push(self, rows: np.ndarray) -> list[slice]:
+        """Write ``rows`` (only the last ``size`` count); returns the ring spans written (one,
+        or two where the ring wraps around)."""
         size = len(self.rows)
         rows = rows[-size:]
-        positions = (self._next + np.arange(len(rows))) % size
-        self.rows[positions] = rows
-        self._next = (self._next + len(rows)) % size
+        spans: list[slice] = []
+        start, left = self._next, rows
+        while len(left):
+            stop = min(size, start + len(left))
+            self.rows[start:stop] = left[: stop - start]
+            spans.append(slice(start, stop))
+            left, start = left[stop - start :], stop % size
+        self._next = start
         self.filled = min(size, self.filled + len(rows))
-        return positions
+        return spans
 
 
 class IncrementalWindowScorer:
@@ -230,13 +236,14 @@ class IncrementalWindowScorer:
         return self.window.full
 
     def push(self, rows: np.ndarray) -> None:
-        positions = self.window.push(rows)
-        entered = self.window.rows[positions]
-        self._cross[positions] = self.scorer.reference_kernel(entered)
-        # against the whole ring as it is now: pairs with rows yet to enter are recomputed then
-        k = self.scorer.pair_kernel(entered, self.window.rows)
-        self._pairs[positions, :] = k
-        self._pairs[:, positions] = k.T
+        for span in self.window.push(rows):
+            entered = self.window.rows[span]
+            self._cross[span] = self.scorer.reference_kernel(entered)
+            # against the whole ring as it is now: pairs with rows yet to enter are recomputed
+            # then (spans, not index arrays: a column block by index costs 4x a slice)
+            k = self.scorer.pair_kernel(entered, self.window.rows)
+            self._pairs[span, :] = k
+            self._pairs[:, span] = k.T
 
     def score(self) -> WindowStatistics:
         """Statistics of the current window (it must be full)."""

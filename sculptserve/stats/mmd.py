@@ -270,11 +270,27 @@ class IMQKernel(Kernel):
         return self.sigma2
 
     def __call__(self, d2: Array, base: Array) -> Array:
+        if isinstance(d2, np.ndarray) and d2.dtype == np.float64:
+            return self._numpy_float64(d2, np.float64(base))
         out = None
         for f in self.scales:
             c = base * f
             term = c / (c + d2)
             out = term if out is None else out + term
+        return out
+
+    def _numpy_float64(self, d2: np.ndarray, base: np.float64) -> np.ndarray:
+        """The same sums in the same order, into two buffers: the general form allocates three
+        arrays per scale, and for the drift monitor's (128, 512) blocks (0.5 MB, each a fresh
+        mapping with its page faults) that took 1.1 ms against 0.64 (issue 14)."""
+        out = np.empty_like(d2)
+        term = np.empty_like(d2)
+        for i, f in enumerate(self.scales):
+            c = base * f
+            np.add(d2, c, out=term)
+            np.divide(c, term, out=out if i == 0 else term)
+            if i:
+                out += term
         return out
 
 
