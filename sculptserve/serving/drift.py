@@ -62,9 +62,9 @@ Windows are scored incrementally (:class:`~sculptserve.stats.drift_windows.
 IncrementalWindowScorer`): each embedding's kernel to the reference is computed once, when it
 enters the window, and the window's kernel matrix is updated by the entering rows only. On the
 main job's bundle (latent 5, IMQ kernel, 512 reference rows, windows of 256 every 128) an
-evaluation takes 0.9 ms of CPU instead of 3.2 ms scored from scratch: 7 us per served
-embedding instead of 25 (issue 14; a cheap encoder costs 20-30 us per embedding, so scoring
-from scratch about doubled the service's CPU). With OpenBLAS's default pool (one thread per
+evaluation takes 0.7 ms of CPU, 5.5 us per served embedding; before (from scratch, the IMQ
+kernel allocating three arrays per scale) 3.2 ms, 25 us per embedding, which about doubled
+the service's CPU with a cheap encoder (20-30 us of ONNX Runtime per embedding; issue 14). With OpenBLAS's default pool (one thread per
 core) a from-scratch scoring took 16 ms and, counting the pool's threads busy-waiting after
 each call, 35 ms of CPU (measured on 2 cores). So a process that hosts a monitor should run with
 ``OPENBLAS_NUM_THREADS=1``; the BentoML service passes it to its workers
