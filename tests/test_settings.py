@@ -44,7 +44,7 @@ BEFORE = {
 ADDED = {
     "SCULPT_BUNDLE_DIGEST", "SCULPT_BUNDLE_VERIFY_KEY", "SCULPT_GRPC_RESPONSE_MAX_BYTES",
     "SCULPT_SHUTDOWN_DELAY_S", "SCULPT_SHUTDOWN_GRACE_S", "SCULPT_HTTP_HEADER_TIMEOUT_S",
-    "SCULPT_HTTP_BODY_TIMEOUT_S",
+    "SCULPT_HTTP_BODY_TIMEOUT_S", "SCULPT_WORKERS",
 }  # fmt: skip
 
 
@@ -74,7 +74,7 @@ def test_no_module_but_settings_reads_sculpt_variables() -> None:
 
 
 def test_every_variable_is_defined_once_and_listed() -> None:
-    assert len(VARIABLES) == len(set(VARIABLES)) == 23
+    assert len(VARIABLES) == len(set(VARIABLES)) == 24
     # every variable the service read before is still read: by its name or as a deprecated
     # alias of its new name
     assert {RENAMED.get(name, name) for name in BEFORE} | ADDED == set(VARIABLES)
@@ -203,3 +203,19 @@ def test_child_env_uses_the_defined_names() -> None:
     assert load_settings(env).grpc_port == 5
     with pytest.raises(KeyError):
         load_settings({}).child_env(grpc_prot=5)
+
+
+def test_workers_share_the_cpus_and_need_a_fixed_grpc_port(monkeypatch):
+    import sculptserve.serving.runtime as runtime
+
+    monkeypatch.setattr(runtime, "available_cpus", lambda: 4)
+    assert load_settings({}).runtime_config().intra_op_threads is None  # one worker: all CPUs
+    assert load_settings({"SCULPT_WORKERS": "2"}).runtime_config().intra_op_threads == 2
+    assert load_settings({"SCULPT_WORKERS": "8"}).runtime_config().intra_op_threads == 1
+    pinned = {"SCULPT_WORKERS": "2", "SCULPT_ORT_THREADS": "3"}
+    assert load_settings(pinned).runtime_config().intra_op_threads == 3
+    with pytest.raises(SettingsError) as err:
+        load_settings({"SCULPT_WORKERS": "2", "SCULPT_GRPC_PORT": "0"})
+    assert str(err.value).startswith("SCULPT_WORKERS=2 with SCULPT_GRPC_PORT=0:")
+    with pytest.raises(SettingsError, match=r"SCULPT_WORKERS='0' must be >= 1"):
+        load_settings({"SCULPT_WORKERS": "0"})

@@ -64,9 +64,10 @@ enters the window, and the window's kernel matrix is updated by the entering row
 main job's bundle (latent 5, IMQ kernel, 512 reference rows, windows of 256 every 128) an
 evaluation takes 0.7 ms of CPU, 5.5 us per served embedding; before (from scratch, the IMQ
 kernel allocating three arrays per scale) 3.2 ms, 25 us per embedding, which about doubled
-the service's CPU with a cheap encoder (20-30 us of ONNX Runtime per embedding; issue 14). With OpenBLAS's default pool (one thread per
-core) a from-scratch scoring took 16 ms and, counting the pool's threads busy-waiting after
-each call, 35 ms of CPU (measured on 2 cores). So a process that hosts a monitor should run with
+the service's CPU with a cheap encoder (20-30 us of ONNX Runtime per embedding; issue 14).
+With OpenBLAS's default pool (one thread per core) a from-scratch scoring took 16 ms and,
+counting the pool's threads busy-waiting after each call, 35 ms of CPU (measured on 2
+cores). So a process that hosts a monitor should run with
 ``OPENBLAS_NUM_THREADS=1``; the BentoML service passes it to its workers
 (:mod:`sculptserve.serving.http.service`), and it must be set before numpy is imported.
 """

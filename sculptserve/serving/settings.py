@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, PrivateAttr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -124,6 +124,17 @@ class Settings(BaseSettings):
         ge=1,
         description="Threads a BentoML worker runs the sync REST APIs in (BentoML's own "
         "default, 1, serializes every request of a worker).",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="BentoML worker processes. Each loads its own ONNX Runtime sessions and "
+        "drift monitor (metrics labelled by worker) and serves the HTTP port and, through "
+        "SO_REUSEPORT, the gRPC port. A process runs Python, the protocol work of every "
+        "request, on one core at a time: with a cheap encoder 2 workers on 2 CPUs served "
+        "1.5-1.9x the requests of 1 (benchmarks/RESULTS.md); set it to the CPUs of the pod. "
+        "ONNX Runtime threads, when `SCULPT_ORT_THREADS` is unset, are then the CPUs divided "
+        "among the workers.",
     )
     grpc_port: int | None = Field(
         None,
@@ -252,6 +263,15 @@ class Settings(BaseSettings):
     # which variable supplied each field read from the environment (an old name, if so)
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _one_grpc_port_for_all_workers(self) -> Settings:
+        if self.workers > 1 and self.grpc_port == 0:
+            raise ValueError(
+                f"SCULPT_WORKERS={self.workers} with SCULPT_GRPC_PORT=0: each worker would take "
+                "another free port; give the gRPC port a number (the workers share it)"
+            )
+        return self
+
     @field_validator("bundle_digest")
     @classmethod
     def _normal_digest(cls, value: str | None) -> str | None:
@@ -285,7 +305,7 @@ class Settings(BaseSettings):
 
     def runtime_config(self) -> RuntimeConfig:
         """ONNX Runtime threads, providers (checked against this build), chunking, spinning."""
-        from sculptserve.serving.runtime import RuntimeConfig, resolve_providers
+        from sculptserve.serving.runtime import RuntimeConfig, available_cpus, resolve_providers
 
         providers = None
         if self.ort_providers is not None:
@@ -295,8 +315,11 @@ class Settings(BaseSettings):
                 providers = resolve_providers(names, where)
             except ValueError as exc:
                 raise SettingsError(str(exc)) from None
+        threads = self.ort_threads
+        if threads is None and self.workers > 1:  # the workers share the CPUs
+            threads = max(1, available_cpus() // self.workers)
         return RuntimeConfig(
-            intra_op_threads=self.ort_threads,
+            intra_op_threads=threads,
             providers=providers,
             max_batch=self.ort_max_rows,
             spinning=self.ort_spinning,
@@ -378,6 +401,8 @@ def _resolve_renamed(env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, 
 
 def _error_line(error: Mapping[str, Any], origins: Mapping[str, str]) -> str:
     """One pydantic error as ``VAR='text' <what is wrong>``."""
+    if not error.get("loc") and "error" in error.get("ctx", {}):
+        return str(error["ctx"]["error"])  # a check across settings names its variables
     field = str(error["loc"][0]) if error.get("loc") else "?"
     var = origins.get(field, Settings.variable(field))
     head = f"{var}={error.get('input')!r}"

@@ -1,6 +1,6 @@
 """The gRPC server inside the BentoML worker: a grpc.aio server on a thread of its own.
 
-``sculpt serve`` runs one BentoML worker whose ``__init__``
+``sculpt serve`` runs BentoML workers (``SCULPT_WORKERS``) whose ``__init__``
 (:mod:`sculptserve.serving.http.service`) starts :class:`GrpcThread` with the worker's
 :class:`~sculptserve.serving.core.EmbeddingApp`, so REST and gRPC share the ONNX sessions, the
 drift window and the metrics. The standalone server (``python -m

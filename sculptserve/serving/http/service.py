@@ -118,6 +118,7 @@ def _single_process_metrics() -> None:
     name="sculpt",
     traffic={"timeout": 60},
     threads=load_settings().api_threads,
+    workers=load_settings().workers,
     envs=[{"name": "OPENBLAS_NUM_THREADS", "value": "1", "stage": "runtime"}],
 )
 class SculptService:
