@@ -1,12 +1,13 @@
 """REST and gRPC embedding throughput and latency over loopback, against raw ONNX Runtime.
 
     python benchmarks/serve.py --bundle BUNDLE_DIR [--items 8 64] [--concurrency 1 16 64]
-        [--seconds 8] [--repeats 3] [--batching on off] [--drift on off] [--client auto]
-        [--path embed-json embed-npy oip-binary grpc-oip]
+        [--seconds 8] [--repeats 3] [--batching on off] [--drift on off] [--workers 1 2]
+        [--client auto] [--path embed-json embed-npy oip-binary grpc-oip]
 
 Starts one `bentoml serve sculptserve.serving.http.service:SculptService` (one worker; its gRPC
 server too when a gRPC path is asked for) per configuration: cross-request batching on/off
-(SCULPT_MICROBATCH) x drift monitor on/off (SCULPT_DRIFT). Each cell sends embedding requests
+(SCULPT_MICROBATCH) x drift monitor on/off (SCULPT_DRIFT) x ``--workers`` (SCULPT_WORKERS:
+BentoML worker processes). Each cell sends embedding requests
 of ``--items`` inputs at a fixed concurrency for ``--seconds``, in one of the ``--path`` forms
 (:data:`PATHS`): ``embed-json`` (/embed, the compact raw-float32 JSON items; the default),
 ``embed-npy`` (/embed with an ``application/x-npy`` body and answer: the binary fast path),
@@ -196,8 +197,10 @@ def free_port() -> int:
 class Server:
     """One `bentoml serve` of the bundle with the given switches."""
 
-    def __init__(self, bundle: str, batching: bool, drift: bool, grpc: bool) -> None:
-        self.batching, self.drift = batching, drift
+    def __init__(
+        self, bundle: str, batching: bool, drift: bool, grpc: bool, workers: int = 1
+    ) -> None:
+        self.batching, self.drift, self.workers = batching, drift, workers
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.grpc_base = f"http://127.0.0.1:{free_port()}" if grpc else None
@@ -206,6 +209,7 @@ class Server:
             "SCULPT_BUNDLE": bundle,
             "SCULPT_DRIFT": "on" if drift else "off",
             "SCULPT_MICROBATCH": "on" if batching else "off",
+            "SCULPT_WORKERS": str(workers),
         }
         env.pop("SCULPT_GRPC_PORT", None)
         if self.grpc_base:
@@ -431,10 +435,11 @@ def print_effect(
     metrics: tuple[str, ...],
     pair: Callable[[str, bool, int, int], tuple[dict[str, float], dict[str, float]]],
     others: list[bool],
+    versus: str = "on vs off",
 ) -> None:
     """A markdown table of relative changes (on vs off) of ``metrics`` for every cell;
     ``pair(path, other_setting, items, concurrency)`` gives the (on, off) medians."""
-    print(f"\n{title} (on vs off, medians):\n")
+    print(f"\n{title} ({versus}, medians):\n")
     columns = " | ".join(EFFECT_COLUMNS[m] for m in metrics)
     print(f"| path | items | conc | {other} | {columns} |")
     print("|---|---|---|---|" + "---|" * len(metrics))
@@ -457,6 +462,9 @@ def main() -> None:
     parser.add_argument("--batching", nargs="+", choices=["on", "off"], default=["on", "off"])
     parser.add_argument("--drift", nargs="+", choices=["on", "off"], default=["on", "off"])
     parser.add_argument("--client", choices=["auto", "wrk", "httpx"], default="auto")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[1], help="SCULPT_WORKERS of the servers"
+    )
     parser.add_argument(
         "--path", nargs="+", choices=list(PATHS), default=["embed-json"], help="request forms"
     )
@@ -511,9 +519,12 @@ def main() -> None:
     if grpc and not shutil.which("h2load"):
         parser.error("the grpc-oip path needs h2load (Debian package nghttp2-client)")
     servers = [
-        Server(args.bundle, b, d, grpc) for b in on_off(args.batching) for d in on_off(args.drift)
+        Server(args.bundle, b, d, grpc, w)
+        for b in on_off(args.batching)
+        for d in on_off(args.drift)
+        for w in args.workers
     ]
-    cells: dict[tuple[str, bool, bool, int, int], list[Cell]] = {}
+    cells: dict[tuple[str, bool, bool, int, int, int], list[Cell]] = {}
     raw: dict[tuple[int, int], list[tuple[float, float]]] = {}
     try:
         for s in servers:
@@ -539,7 +550,8 @@ def main() -> None:
                             r["requests"], r["seconds"], r["p50_s"], r["p99_s"], cpu1 - cpu0,
                             per_call, os.getloadavg()[0], r["failed"],
                         )  # fmt: skip
-                        cells.setdefault((path, s.batching, s.drift, n, c), []).append(cell)
+                        key = (path, s.batching, s.drift, s.workers, n, c)
+                        cells.setdefault(key, []).append(cell)
                     raw.setdefault((n, c), []).append(
                         raw_ort(runtime, batches[n], min(c, cpus), args.seconds / 2)
                     )
@@ -572,17 +584,18 @@ def main() -> None:
         + "\n"
     )
     print(
-        "| path | items | conc | batching | drift | req/s | emb/s | p50 ms | p99 ms "
+        "| path | items | conc | batching | drift | workers | req/s | emb/s | p50 ms | p99 ms "
         "| server CPU ms/req | rows/ORT call | raw ORT emb/s | ratio | best-raw ratio "
         "| CPU efficiency | failed |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    summary: dict[tuple[str, bool, bool, int, int], dict[str, float]] = {}
-    for path, n, c, b, d in itertools.product(
-        args.path, args.items, args.concurrency, on_off(args.batching), on_off(args.drift)
-    ):
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    summary: dict[tuple[str, bool, bool, int, int, int], dict[str, float]] = {}
+    for path, n, c, b, d, w in itertools.product(
+        args.path, args.items, args.concurrency, on_off(args.batching), on_off(args.drift),
+        args.workers,
+    ):  # fmt: skip
         raw_eps = float(med([r[0] for r in raw[(n, c)]]))
-        cs = cells[(path, b, d, n, c)]
+        cs = cells[(path, b, d, w, n, c)]
         rps = float(med([x.rps for x in cs]))
         row = {
             "rps": rps,
@@ -590,29 +603,46 @@ def main() -> None:
             "p99": float(med([x.p99_s for x in cs])),
             "cpu": float(med([x.cpu_s / max(x.requests, 1) for x in cs])),
         }
-        summary[(path, b, d, n, c)] = row
+        summary[(path, b, d, w, n, c)] = row
         per_call = [x.rows_per_call for x in cs if x.rows_per_call is not None]
         rows = f"{med(per_call):.1f}" if per_call else "-"
         print(
-            f"| {path} | {n} | {c} | {'on' if b else 'off'} | {'on' if d else 'off'} "
+            f"| {path} | {n} | {c} | {'on' if b else 'off'} | {'on' if d else 'off'} | {w} "
             f"| {rps:.1f} | {rps * n:.0f} | {row['p50'] * 1e3:.1f} "
             f"| {row['p99'] * 1e3:.1f} | {row['cpu'] * 1e3:.2f} | {rows} "
             f"| {raw_eps:.0f} | {rps * n / raw_eps:.2f} "
             f"| {rps * n / best_raw[n]:.2f} | {raw_cpu[n] * n / row['cpu']:.2f} "
             f"| {sum(x.failed for x in cs)} |"
         )
-    if len(args.drift) == 2:
-        print_effect(
-            "Drift monitor cost", "batching", args, ("p50", "rps", "cpu"),
-            lambda p, b, n, c: (summary[(p, b, True, n, c)], summary[(p, b, False, n, c)]),
-            on_off(args.batching),
-        )  # fmt: skip
-    if len(args.batching) == 2:
-        print_effect(
-            "Batching effect", "drift", args, ("rps", "p50", "cpu"),
-            lambda p, d, n, c: (summary[(p, True, d, n, c)], summary[(p, False, d, n, c)]),
-            on_off(args.drift),
-        )  # fmt: skip
+    for w in args.workers:
+        at = f", {w} worker{'s' if w > 1 else ''}"
+        if len(args.drift) == 2:
+            print_effect(
+                f"Drift monitor cost{at}", "batching", args, ("p50", "rps", "cpu"),
+                lambda p, b, n, c, w=w: (
+                    summary[(p, b, True, w, n, c)], summary[(p, b, False, w, n, c)]
+                ),
+                on_off(args.batching),
+            )  # fmt: skip
+        if len(args.batching) == 2:
+            print_effect(
+                f"Batching effect{at}", "drift", args, ("rps", "p50", "cpu"),
+                lambda p, d, n, c, w=w: (
+                    summary[(p, True, d, w, n, c)], summary[(p, False, d, w, n, c)]
+                ),
+                on_off(args.drift),
+            )  # fmt: skip
+    if len(args.workers) > 1:
+        first, *more = args.workers
+        b0 = on_off(args.batching)[0]
+        for w in more:
+            print_effect(
+                "Workers", "drift", args, ("rps", "p50", "cpu"),
+                lambda p, d, n, c, w=w: (
+                    summary[(p, b0, d, w, n, c)], summary[(p, b0, d, first, n, c)]
+                ),
+                on_off(args.drift), versus=f"{w} vs {first}",
+            )  # fmt: skip
 
 
 if __name__ == "__main__":
