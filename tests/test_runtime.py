@@ -281,3 +281,60 @@ def test_runtime_and_codec_import_no_transport():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "", f"serving modules imported {proc.stdout.strip()}"
+
+
+class _CountingSession:
+    """Wraps a session: records how many ``run`` calls overlap, each held a little."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+
+    def run(self, *args, **kwargs):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            threading.Event().wait(0.02)
+            return self.session.run(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+@pytest.mark.parametrize("runs", [1, 2])
+def test_at_most_concurrent_runs_session_calls_run_at_once(bundle, runs):
+    import dataclasses
+
+    rt = EmbeddingRuntime(bundle, RuntimeConfig(intra_op_threads=1, concurrent_runs=runs))
+    assert rt.concurrent_runs == runs
+    counting = _CountingSession(rt._encoder.session)
+    rt._encoder = dataclasses.replace(rt._encoder, session=counting)
+    x = np.random.default_rng(0).random((3, 1, 4, 4), dtype=np.float32)
+    expected = rt.encode(x)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(rt.encode(x))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert counting.most == runs  # 8 callers, never more than the gate lets through
+    assert len(results) == 8 and all(np.array_equal(r, expected) for r in results)
+
+
+def test_concurrent_runs_default_to_cpus_over_threads(bundle, monkeypatch):
+    import sculptserve.serving.runtime as runtime_module
+
+    monkeypatch.setattr(runtime_module, "available_cpus", lambda: 4)
+    assert RuntimeConfig().resolved_concurrent_runs() == 1  # 4 threads per call
+    assert RuntimeConfig(intra_op_threads=1).resolved_concurrent_runs() == 4
+    assert RuntimeConfig(intra_op_threads=3).resolved_concurrent_runs() == 1
+    assert RuntimeConfig(intra_op_threads=1, concurrent_runs=2).resolved_concurrent_runs() == 2
+    with pytest.raises(ValueError, match="concurrent_runs must be an integer >= 1"):
+        RuntimeConfig(concurrent_runs=0)
+    # the workers of SCULPT_WORKERS divide the CPUs: one thread, one call at a time each
+    config = load_settings({"SCULPT_WORKERS": "2"}).runtime_config()
+    assert (config.intra_op_threads, config.concurrent_runs) == (2, 1)
+    config = load_settings({"SCULPT_WORKERS": "4"}).runtime_config()
+    assert (config.intra_op_threads, config.concurrent_runs) == (1, 1)
