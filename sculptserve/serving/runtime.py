@@ -21,14 +21,6 @@ Configuration (:class:`RuntimeConfig`; from the environment through
   embedding against 0.7-0.8 ms without, for no lower latency; a server shares its cores with
   the HTTP event loop, which the spinning threads starve (benchmarks/RESULTS.md).
 
-- ``concurrent_runs`` (derived, no variable): on the CPU provider at most this many
-  ``session.run`` calls run at once, the others wait their turn; None: the CPUs divided by
-  the intra-op threads (1 with the default threads; ``SCULPT_WORKERS`` divides it among the
-  workers). Request threads (32 by default) would otherwise run as many calls at once on 2
-  cores, each evicting the others' activations from the caches: with the default-architecture
-  encoder, 64 inputs per request at concurrency 64, the gate cut the server's CPU per request
-  by 25% and raised throughput 18-24% (benchmarks/RESULTS.md, issue 14).
-
 ``observer`` (optional, a :data:`CallObserver`) is told the model, the rows and the wall time of
 every ``session.run``; the service core records them as Prometheus metrics
 (:mod:`sculptserve.serving.metrics`). Without one the runtime knows nothing of metrics.
@@ -38,10 +30,8 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,8 +140,6 @@ class RuntimeConfig:
     ``intra_op_threads=None`` uses :func:`available_cpus`. ``providers=None`` picks CUDA first
     when available, then CPU.
     ``spinning``: let idle pool threads busy-wait (see the module docstring; off by default).
-    ``concurrent_runs``: most ``session.run`` calls at once on the CPU provider; None: the
-    CPUs divided by the intra-op threads (see the module docstring).
     """
 
     intra_op_threads: int | None = None
@@ -159,17 +147,15 @@ class RuntimeConfig:
     providers: tuple[str, ...] | None = None
     max_batch: int = 1024
     spinning: bool = False
-    concurrent_runs: int | None = None
 
     def __post_init__(self) -> None:
         checks = {
             "intra_op_threads": self.intra_op_threads,
             "inter_op_threads": self.inter_op_threads,
             "max_batch": self.max_batch,
-            "concurrent_runs": self.concurrent_runs,
         }
         for name, value in checks.items():
-            if value is None and name in ("intra_op_threads", "concurrent_runs"):
+            if value is None and name == "intra_op_threads":
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"RuntimeConfig.{name} must be an integer >= 1 (got {value!r})")
@@ -188,12 +174,6 @@ class RuntimeConfig:
         if self.intra_op_threads is not None:
             return self.intra_op_threads
         return available_cpus()
-
-    def resolved_concurrent_runs(self) -> int:
-        """``session.run`` calls at once: the field, else CPUs // intra-op threads (>= 1)."""
-        if self.concurrent_runs is not None:
-            return self.concurrent_runs
-        return max(1, available_cpus() // self.resolved_threads())
 
     def resolved_providers(self) -> tuple[str, ...]:
         """Providers to request, checked against this onnxruntime build."""
@@ -253,15 +233,6 @@ class EmbeddingRuntime:
         self._encoder = self._open("encoder", options, requested)
         self._decoder = self._open("decoder", options, requested)
         self.providers: list[str] = list(self._encoder.session.get_providers())
-        # On the CPU, calls beyond the cores only share them and each other's caches (see the
-        # module docstring); a GPU queues its own work, so it gets no gate.
-        on_cpu = self.providers[0] == "CPUExecutionProvider"
-        self.concurrent_runs = self.config.resolved_concurrent_runs() if on_cpu else None
-        self._runs: AbstractContextManager[Any] = (
-            threading.BoundedSemaphore(self.concurrent_runs)
-            if self.concurrent_runs is not None
-            else nullcontext()
-        )
 
     def _open(self, role: str, options: Any, providers: tuple[str, ...]) -> _Graph:
         import onnxruntime as ort
@@ -289,12 +260,10 @@ class EmbeddingRuntime:
         outs = []
         for start in range(0, len(x), step):
             chunk = x[start : start + step].astype(graph.feed_dtype, copy=False)
-            with self._runs:
-                began = time.perf_counter()
-                outs.append(graph.session.run([graph.output_name], {graph.input_name: chunk})[0])
-                took = time.perf_counter() - began
+            began = time.perf_counter()
+            outs.append(graph.session.run([graph.output_name], {graph.input_name: chunk})[0])
             if observe is not None:  # the model's own time: no request or answer coding
-                observe(graph.role, len(chunk), took)
+                observe(graph.role, len(chunk), time.perf_counter() - began)
         out = outs[0] if len(outs) == 1 else np.concatenate(outs)
         return np.asarray(out, dtype=np.float32)
 

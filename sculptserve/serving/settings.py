@@ -315,14 +315,11 @@ class Settings(BaseSettings):
                 providers = resolve_providers(names, where)
             except ValueError as exc:
                 raise SettingsError(str(exc)) from None
-        threads, runs = self.ort_threads, None
-        if self.workers > 1:  # the workers share the CPUs: threads, then calls at once
-            cpus = available_cpus()
-            threads = threads if threads is not None else max(1, cpus // self.workers)
-            runs = max(1, cpus // (threads * self.workers))
+        threads = self.ort_threads
+        if threads is None and self.workers > 1:  # the workers share the CPUs
+            threads = max(1, available_cpus() // self.workers)
         return RuntimeConfig(
             intra_op_threads=threads,
-            concurrent_runs=runs,
             providers=providers,
             max_batch=self.ort_max_rows,
             spinning=self.ort_spinning,
