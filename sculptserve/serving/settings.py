@@ -132,7 +132,7 @@ class Settings(BaseSettings):
         "drift monitor (metrics labelled by worker) and serves the HTTP port and, through "
         "SO_REUSEPORT, the gRPC port. A process runs Python, the protocol work of every "
         "request, on one core at a time: with a cheap encoder 2 workers on 2 CPUs served "
-        "1.5-1.9x the requests of 1 (benchmarks/RESULTS.md); set it to the CPUs of the pod. "
+        "1.2-2.4x the requests of 1 (benchmarks/RESULTS.md); set it to the CPUs of the pod. "
         "ONNX Runtime threads, when `SCULPT_ORT_THREADS` is unset, are then the CPUs divided "
         "among the workers.",
     )
