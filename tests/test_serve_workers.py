@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import grpc
 import httpx
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 from bundle_factory import make_bundle, toy_encode, toy_weights
 from prometheus_client.parser import text_string_to_metric_families
+from server_ready import wait_ready
 from test_serve_subprocess import free_port
 
 from sculptserve.serving.grpc import sculpt_pb2 as pb
@@ -52,16 +52,7 @@ def two_workers(tmp_path_factory):
         env=env, stdout=out, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"sculpt serve did not start:\n{log.read_text()}")
+    wait_ready(url, proc, log.read_text)
     yield proc, url, grpc_port, log
     if proc.poll() is None:
         proc.kill()

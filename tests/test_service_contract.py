@@ -28,6 +28,7 @@ import httpx
 import numpy as np
 import pytest
 from bundle_factory import make_bundle
+from server_ready import wait_ready
 from starlette.testclient import TestClient
 from test_service import ERROR_TYPES, LATENT, _client, _error, _inputs
 
@@ -401,19 +402,7 @@ def test_health_answers_while_max_size_bodies_are_served(bundle_dir: Path, tmp_p
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            proc.kill()
-            pytest.fail(
-                f"bentoml serve did not start:\n{proc.stdout.read() if proc.stdout else ''}"
-            )
+        wait_ready(url, proc, lambda: proc.stdout.read() if proc.stdout else "")
         headers = {"content-type": "application/json"}
         with httpx.Client(base_url=url, timeout=60) as probe_client:
             for probe_path in ("/livez", "/readyz"):
