@@ -62,6 +62,9 @@ def test_the_issue_s_alerts_exist() -> None:
     assert "sculpt_drift_alert" in alerts["SculptEmbeddingDrift"]
     assert "histogram_quantile(0.99" in alerts["SculptHighLatencyP99"]
     assert 'http_response_code=~"5.."' in alerts["SculptHigh5xxRate"]
+    # the Open Inference Protocol's REST infer routes (issue 14) are model routes too
+    for name in ("SculptHighLatencyP99", "SculptHigh5xxRate"):
+        assert "/v2/models/[^/]+(/versions/[^/]+)?/infer" in alerts[name]
     # gRPC (issue 14): latency and server-side errors of the API services alert too
     grpc_latency = alerts["SculptGrpcHighLatencyP99"]
     assert "histogram_quantile(0.99" in grpc_latency
